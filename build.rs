@@ -1,0 +1,1 @@
+fn main() { println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete"); }

@@ -1,0 +1,62 @@
+-- Savepoints: nested, ROLLBACK TO, RELEASE, savepoint as outermost transaction.
+CREATE TABLE log(id INTEGER PRIMARY KEY, msg TEXT);
+SAVEPOINT outer_sp;
+INSERT INTO log(msg) VALUES ('outer-1');
+SAVEPOINT inner_sp;
+INSERT INTO log(msg) VALUES ('inner-1');
+SAVEPOINT innermost;
+INSERT INTO log(msg) VALUES ('innermost-1');
+ROLLBACK TO innermost;
+INSERT INTO log(msg) VALUES ('innermost-2');
+RELEASE innermost;
+ROLLBACK TO inner_sp;
+INSERT INTO log(msg) VALUES ('inner-2');
+RELEASE inner_sp;
+RELEASE outer_sp;
+SELECT id, msg FROM log ORDER BY id;
+BEGIN;
+INSERT INTO log(msg) VALUES ('txn-1');
+SAVEPOINT a;
+INSERT INTO log(msg) VALUES ('a-1');
+SAVEPOINT b;
+UPDATE log SET msg = upper(msg);
+ROLLBACK TO a;
+INSERT INTO log(msg) VALUES ('a-2');
+SAVEPOINT c;
+DELETE FROM log WHERE msg = 'outer-1';
+RELEASE c;
+RELEASE a;
+COMMIT;
+SELECT id, msg FROM log ORDER BY id;
+-- ROLLBACK TO keeps the savepoint open; it can be rolled back to again
+BEGIN;
+SAVEPOINT s;
+INSERT INTO log(msg) VALUES ('s-1');
+ROLLBACK TO s;
+INSERT INTO log(msg) VALUES ('s-2');
+ROLLBACK TO s;
+INSERT INTO log(msg) VALUES ('s-3');
+RELEASE s;
+COMMIT;
+-- a savepoint transaction rolled back entirely
+SAVEPOINT gone;
+INSERT INTO log(msg) VALUES ('gone-1');
+CREATE TABLE gone_table(x);
+ROLLBACK TO gone;
+RELEASE gone;
+SELECT id, msg FROM log ORDER BY id;
+SELECT count(*) FROM sqlite_schema WHERE name = 'gone_table';
+-- many rows under nested savepoints, part rolled back
+BEGIN;
+SAVEPOINT big;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+INSERT INTO log(msg) SELECT printf('bulk-%04d-%s', i, hex(zeroblob(40))) FROM n;
+SAVEPOINT half;
+DELETE FROM log WHERE msg LIKE 'bulk-%' AND id % 2 = 0;
+ROLLBACK TO half;
+DELETE FROM log WHERE msg LIKE 'bulk-%' AND id % 3 = 0;
+RELEASE half;
+RELEASE big;
+COMMIT;
+SELECT count(*), min(id), max(id) FROM log;
+PRAGMA integrity_check;

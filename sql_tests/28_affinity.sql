@@ -1,0 +1,27 @@
+-- Type affinity edge cases: INTEGER/REAL/NUMERIC/TEXT/BLOB columns, large and fractional numbers, comparisons.
+CREATE TABLE aff(id INTEGER PRIMARY KEY, i INTEGER, r REAL, n NUMERIC, t TEXT, b BLOB, u);
+INSERT INTO aff VALUES (1, '42', '42', '42', 42, '42', '42');
+INSERT INTO aff VALUES (2, '4.0', '4', '4.0', 4.0, 4.0, 4.0);
+INSERT INTO aff VALUES (3, '1e3', '1e3', '1e3', 1e3, 1e3, '1e3');
+INSERT INTO aff VALUES (4, ' 7 ', ' 7 ', ' 7 ', ' 7 ', ' 7 ', ' 7 ');
+INSERT INTO aff VALUES (5, '0x1F', '0x1F', '0x1F', 0x1F, 0x1F, '0x1F');
+INSERT INTO aff VALUES (6, 9223372036854775807, 9223372036854775807, '9223372036854775808', 9223372036854775807, NULL, -9223372036854775808);
+INSERT INTO aff VALUES (7, 3.0000000000000001, 1.7976931348623157e308, '1.5', -0.0, x'41', 'abc');
+INSERT INTO aff VALUES (8, '12abc', 'abc', '', '', '', NULL);
+INSERT INTO aff VALUES (9, 1e20, 123456789012345678, '123456789012345678901', 0.1 + 0.2, NULL, 2e-308);
+SELECT id, typeof(i), quote(i), typeof(r), quote(r), typeof(n), quote(n) FROM aff ORDER BY id;
+SELECT id, typeof(t), quote(t), typeof(b), quote(b), typeof(u), quote(u) FROM aff ORDER BY id;
+SELECT id FROM aff WHERE i = 42 OR t = '42' ORDER BY id;
+SELECT id, i < '5', t < 5, u = 4 FROM aff WHERE id <= 4 ORDER BY id;
+SELECT CAST('3.9' AS INTEGER), CAST(' -12x' AS INTEGER), CAST('1e2' AS REAL), CAST(12 AS TEXT) || '', CAST(x'3132' AS INTEGER), CAST('9223372036854775808' AS INTEGER);
+SELECT 9223372036854775807 + 1, -9223372036854775808 - 1 < 0, 5 / 2, 5 / 2.0, 5 % 3, -5 % 3, 1.0 / 3;
+SELECT typeof(1 / 0), typeof('1' + '1'), '1' + '1', 'a' || 1.5, round(2.5), round(-2.5), round(1.005, 2);
+SELECT printf('%.17g', 0.1), printf('%d', 3.99), printf('%5.2f|%-5s|%05d', 3.14159, 'ab', 42);
+SELECT id FROM aff ORDER BY u, id;
+SELECT id, u FROM aff WHERE typeof(u) IN ('integer', 'real') ORDER BY u, id;
+CREATE TABLE mixed(v);
+INSERT INTO mixed VALUES (NULL), (1), (1.5), ('1'), ('abc'), (x'00'), (-1), ('A'), (X'');
+SELECT quote(v) FROM mixed ORDER BY v;
+SELECT quote(v) FROM mixed ORDER BY v COLLATE NOCASE DESC;
+SELECT count(DISTINCT v), sum(v), total(v), quote(max(v)), quote(min(v)) FROM mixed;
+PRAGMA integrity_check;

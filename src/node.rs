@@ -1,0 +1,571 @@
+//! One Raft group per replicated database: start, write gating, the blocking commit, status.
+//!
+//! This is the hub `vfs/` and `sql/` call; it is the only module that drives openraft's `Raft`.
+//! Threads: SQLite threads never enter the tokio runtime. They hand work to it and wait on a
+//! bounded crossbeam channel with a deadline (`timeout_ms`). The runtime (2 workers) is built
+//! lazily at the first replicated open — never in the extension's entry point.
+//!
+//! Invariants:
+//! - At most one node per database path per process (registry), and per data directory across
+//!   processes (an exclusive `flock` on `<data>/lock`). A forked child never writes.
+//! - Before `open_database` returns, the database files agree with the Raft log (reconcile.rs).
+//! - A write transaction starts only on the leader, once it has applied everything in its log, and
+//!   is built on `last_txn` (the base rule of `raft/types.rs`).
+//! - `commit` returns Ok only when the entry is committed and claimed for publication by the
+//!   waiting connection; any other outcome is an error *after* which the caller invalidates the
+//!   WAL tail.
+
+use crate::config::{Config, Sources};
+use crate::failpoint;
+use crate::raft::applied::{AppliedStore, Marker, Record};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Isolated;
+use crate::raft::state_machine::{PendingCommit, PendingState, SmShared, StateMachine};
+use crate::raft::types::{NodeId, Request, Response, Txn, TypeConfig};
+use crate::reconcile;
+use crate::vfs::capture::Captured;
+use libsqlite3_sys as ffi;
+use openraft::{BasicNode, Raft, ServerState};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Private extended result codes (SQLite's own IOERR extended codes stop below 64).
+pub const IOERR_TIMEOUT: i32 = ffi::SQLITE_IOERR | (101 << 8);
+pub const IOERR_LEADERSHIP_LOST: i32 = ffi::SQLITE_IOERR | (102 << 8);
+pub const IOERR_REPLICATION: i32 = ffi::SQLITE_IOERR | (103 << 8);
+pub const IOERR_TOO_LARGE: i32 = ffi::SQLITE_IOERR | (104 << 8);
+pub const IOERR_NO_LEADER: i32 = ffi::SQLITE_IOERR | (105 << 8);
+
+#[derive(Debug)]
+pub struct WriteError {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl WriteError {
+    fn new(code: i32, msg: impl Into<String>) -> WriteError {
+        WriteError { code, msg: format!("replicated: {}", msg.into()) }
+    }
+    pub fn too_large(n: usize) -> WriteError {
+        WriteError::new(
+            IOERR_TOO_LARGE,
+            format!(
+                "transaction too large: {n} bytes of pages exceeds the {} MiB limit of one replicated transaction",
+                crate::vfs::capture::MAX_TXN_BYTES >> 20
+            ),
+        )
+    }
+    pub fn io(code: i32, msg: String) -> WriteError {
+        WriteError::new(code, format!("commit capture failed: {msg}"))
+    }
+}
+
+/// The latest role/term/leader seen in openraft's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub state: Option<ServerState>,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log: u64,
+    pub applied: u64,
+    pub members: Vec<(NodeId, String, bool)>,
+    pub matched: BTreeMap<NodeId, u64>,
+    pub shutdown: bool,
+}
+
+pub struct Database {
+    pub path: PathBuf,
+    pub cfg: Config,
+    raft: Raft<TypeConfig>,
+    sm: Arc<SmShared>,
+    log: LogStore,
+    view: Mutex<View>,
+    view_changed: Condvar,
+    next_txn_id: AtomicU64,
+    pid: u32,
+    _lock: std::fs::File,
+}
+
+// ---- process-wide state -------------------------------------------------------------------------
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("replicated-rt")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("replicated: cannot start the runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("REPLICATED_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    });
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<Database>>> {
+    static R: OnceLock<Mutex<HashMap<String, Arc<Database>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+pub fn registry_get(path: &str) -> Option<Arc<Database>> {
+    registry().lock().get(path).cloned()
+}
+
+pub fn registry_all() -> Vec<Arc<Database>> {
+    registry().lock().values().cloned().collect()
+}
+
+/// Runs `fut` on the runtime and waits for it on this (non-runtime) thread, up to `timeout`.
+fn run_blocking<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+    timeout: Duration,
+) -> Result<T, String> {
+    let rt = runtime()?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv_timeout(timeout).map_err(|_| "timed out".to_string())
+}
+
+/// Opens (or finds) the node for the database at `path`. Called from the VFS's xOpen.
+pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) -> Result<Arc<Database>, String> {
+    init_logging();
+    let env = std::env::var("REPLICATED_CONFIG").ok();
+    let toml = match crate::config::config_file_path(&uri, env) {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(t) => Some((p, t)),
+            Err(e) => return Err(format!("replicated: bad value for 'config': cannot read {p}: {e}")),
+        },
+        None => None,
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    let cfg = Config::parse(&Sources { db_path: Path::new(path), uri, toml, read_file: &read })
+        .map_err(|e| e.to_string())?;
+    let mut reg = registry().lock();
+    if let Some(db) = reg.get(path) {
+        if db.cfg.node != cfg.node || db.cfg.data != cfg.data {
+            return Err(format!(
+                "replicated: {path} is already open in this process as node {} (data {}); \
+                 one node per database per process",
+                db.cfg.node,
+                db.cfg.data.display()
+            ));
+        }
+        if db.pid != std::process::id() {
+            return Err("replicated: this process was forked after opening the database; \
+                        the child cannot run the same node"
+                .into());
+        }
+        return Ok(db.clone());
+    }
+    let db = Database::start(PathBuf::from(path), cfg)?;
+    reg.insert(path.to_string(), db.clone());
+    Ok(db)
+}
+
+// ---- genesis ------------------------------------------------------------------------------------
+
+/// The canonical empty database every node of a new cluster starts from: one 4096-byte page, WAL
+/// mode (header bytes 18–19 = 2), UTF-8, an empty schema. Written out of band because switching a
+/// database to WAL mode writes through a rollback journal, which would never be replicated.
+fn genesis_page() -> Vec<u8> {
+    let mut p = vec![0u8; 4096];
+    p[..16].copy_from_slice(b"SQLite format 3\0");
+    p[16..18].copy_from_slice(&4096u16.to_be_bytes());
+    p[18] = 2; // write version: WAL
+    p[19] = 2; // read version: WAL
+    p[20] = 0; // reserved bytes per page
+    p[21] = 64;
+    p[22] = 32;
+    p[23] = 32;
+    p[24..28].copy_from_slice(&1u32.to_be_bytes()); // file change counter
+    p[28..32].copy_from_slice(&1u32.to_be_bytes()); // database size in pages
+    p[44..48].copy_from_slice(&4u32.to_be_bytes()); // schema format
+    p[56..60].copy_from_slice(&1u32.to_be_bytes()); // text encoding UTF-8
+    p[92..96].copy_from_slice(&1u32.to_be_bytes()); // version-valid-for
+    p[96..100].copy_from_slice(&3_040_001u32.to_be_bytes()); // SQLITE_VERSION_NUMBER (fixed)
+    p[100] = 0x0d; // leaf table b-tree page (sqlite_schema)
+    p[105..107].copy_from_slice(&4096u16.to_be_bytes()); // cell content area start
+    p
+}
+
+/// Makes sure the database file exists and is in WAL mode before SQLite opens it.
+fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
+    use std::io::{Read, Seek, Write};
+    let e = |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|x| e("cannot open the database file", x))?;
+    let len = f.metadata().map_err(|x| e("stat", x))?.len();
+    if len == 0 {
+        if has_history && crate::reconcile::sibling(path, "-wal").exists() {
+            // The WAL holds the history on top of genesis: recreate genesis below it.
+        }
+        f.write_all(&genesis_page()).map_err(|x| e("writing the initial page", x))?;
+        f.sync_all().map_err(|x| e("syncing", x))?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|x| e("syncing the directory", x))?;
+        }
+        return Ok(());
+    }
+    let mut hdr = [0u8; 100];
+    f.read_exact(&mut hdr).map_err(|x| e("not a SQLite database (short header)", x))?;
+    if &hdr[..16] != b"SQLite format 3\0" {
+        return Err(format!("replicated: {}: file is not a SQLite database", path.display()));
+    }
+    if hdr[18] != 2 || hdr[19] != 2 {
+        if crate::reconcile::sibling(path, "-journal").exists() {
+            return Err(format!(
+                "replicated: {}: has a hot rollback journal; open it once with plain sqlite3 to recover it first",
+                path.display()
+            ));
+        }
+        // An existing rollback-mode database becomes this cluster's initial state, in WAL mode.
+        f.seek(std::io::SeekFrom::Start(18)).map_err(|x| e("seek", x))?;
+        f.write_all(&[2, 2]).map_err(|x| e("switching to WAL mode", x))?;
+        f.sync_all().map_err(|x| e("syncing", x))?;
+    }
+    Ok(())
+}
+
+fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("replicated: cannot create data directory {}: {e}", dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| format!("replicated: cannot open {}/lock: {e}", dir.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "replicated: node {node}'s data directory {} is in use by another process (one process per node)",
+            dir.display()
+        ));
+    }
+    Ok(f)
+}
+
+impl Database {
+    fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
+        let lock = lock_data_dir(&cfg.data, cfg.node)?;
+        let log = LogStore::open(&cfg.data.join("log"))
+            .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;
+        let (store, loaded) = AppliedStore::open(&cfg.data)
+            .map_err(|e| format!("replicated: cannot open the applied-state record in {}: {e}", cfg.data.display()))?;
+        let fresh = log.last_log_id().is_none() && loaded.marker.applied.is_none();
+        if fresh && cfg.peers.is_none() {
+            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
+        }
+        prepare_db_file(&path, !fresh)?;
+        let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
+        let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial)?;
+        if rec.replayed > 0 {
+            tracing::info!("replicated: replayed {} transaction(s) from the Raft log into {}", rec.replayed, path.display());
+        }
+        let sm = SmShared::new(cfg.node, store, rec.applied, rec.last_txn, rec.membership);
+
+        let raft_cfg = openraft::Config {
+            cluster_name: "replicated".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_ms,
+            election_timeout_max: cfg.election_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_payload_entries: 64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("replicated: bad Raft timing: {e}"))?;
+        let (id, log2, sm2) = (cfg.node, log.clone(), StateMachine(sm.clone()));
+        let raft = run_blocking(
+            async move { Raft::new(id, Arc::new(raft_cfg), Isolated, log2, sm2).await },
+            Duration::from_secs(30),
+        )
+        .map_err(|e| format!("replicated: starting Raft: {e}"))?
+        .map_err(|e| format!("replicated: starting Raft: {e}"))?;
+
+        if fresh {
+            let members: BTreeMap<NodeId, BasicNode> =
+                cfg.peers.iter().flatten().map(|p| (p.id, BasicNode::new(p.addr.clone()))).collect();
+            let r = raft.clone();
+            match run_blocking(async move { r.initialize(members).await }, Duration::from_secs(30)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::info!("replicated: initialize: {e} (already initialized is fine)"),
+                Err(e) => return Err(format!("replicated: initializing the cluster: {e}")),
+            }
+        }
+        let db = Arc::new(Database {
+            path,
+            cfg,
+            raft,
+            sm,
+            log,
+            view: Mutex::new(View::default()),
+            view_changed: Condvar::new(),
+            next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
+            pid: std::process::id(),
+            _lock: lock,
+        });
+        Database::watch_metrics(&db)?;
+        Ok(db)
+    }
+
+    /// Mirrors openraft's metrics into `view` so SQLite threads read them without the runtime.
+    fn watch_metrics(db: &Arc<Database>) -> Result<(), String> {
+        let weak = Arc::downgrade(db);
+        let mut rx = db.raft.metrics();
+        runtime()?.spawn(async move {
+            loop {
+                let m = rx.borrow_and_update().clone();
+                let Some(db) = weak.upgrade() else { return };
+                {
+                    let mut v = db.view.lock();
+                    v.state = Some(m.state);
+                    v.term = m.current_term;
+                    v.leader = m.current_leader;
+                    v.last_log = m.last_log_index.unwrap_or(0);
+                    v.applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+                    let mem = m.membership_config.membership();
+                    let voters: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
+                    v.members = mem.nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect();
+                    v.matched = m
+                        .replication
+                        .as_ref()
+                        .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0))).collect())
+                        .unwrap_or_default();
+                    v.shutdown = m.running_state.is_err();
+                }
+                db.view_changed.notify_all();
+                drop(db);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub fn view(&self) -> View {
+        self.view.lock().clone()
+    }
+
+    pub fn poison(&self, why: String) {
+        self.sm.poison(why);
+    }
+
+    fn leader_addr(&self, v: &View) -> Option<String> {
+        let id = v.leader?;
+        v.members.iter().find(|(i, _, _)| *i == id).map(|(_, a, _)| format!("{id}@{a}"))
+    }
+
+    /// `id@host:port` of the current leader, if known.
+    pub fn leader(&self) -> Option<String> {
+        let v = self.view();
+        self.leader_addr(&v)
+    }
+
+    /// Gate at the start of a write transaction: waits (bounded) until this node is a leader that
+    /// has applied its whole log; refuses with READONLY when another node leads.
+    pub fn begin_write(&self) -> Result<(), WriteError> {
+        if let Some(p) = self.sm.poisoned.lock().clone() {
+            return Err(WriteError::new(IOERR_REPLICATION, p));
+        }
+        if std::process::id() != self.pid {
+            return Err(WriteError::new(ffi::SQLITE_READONLY, "this process was forked: the child cannot write"));
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
+        let mut v = self.view.lock();
+        loop {
+            if v.shutdown {
+                return Err(WriteError::new(IOERR_REPLICATION, "the Raft node has shut down"));
+            }
+            match (v.state, v.leader) {
+                (Some(ServerState::Leader), Some(l)) if l == self.cfg.node => {
+                    if v.applied >= v.last_log {
+                        return Ok(());
+                    }
+                }
+                (_, Some(l)) if l != self.cfg.node => {
+                    let addr = self.leader_addr(&v).unwrap_or_else(|| l.to_string());
+                    return Err(WriteError::new(
+                        ffi::SQLITE_READONLY,
+                        format!("node {} is not the leader; writes go to the leader, node {addr}", self.cfg.node),
+                    ));
+                }
+                _ => {}
+            }
+            if self.view_changed.wait_until(&mut v, deadline).timed_out() {
+                return Err(WriteError::new(
+                    IOERR_NO_LEADER,
+                    format!("no leader within timeout_ms={} (role {:?}, term {})", self.cfg.timeout_ms, v.state, v.term),
+                ));
+            }
+        }
+    }
+
+    /// Replicates a captured transaction and blocks until it is committed and claimed (see the
+    /// module comment). On Ok the WAL frames are this node's to publish.
+    pub fn commit(&self, cap: Captured) -> Result<(), WriteError> {
+        let fail = |e: std::io::Error| WriteError::new(IOERR_REPLICATION, e.to_string());
+        failpoint::hit("commit.before_propose").map_err(fail)?;
+        let txn_id = self.next_txn_id.fetch_add(1, Ordering::Relaxed);
+        let txn = Txn {
+            origin: self.cfg.node,
+            txn_id,
+            base_index: self.sm.last_txn.load(Ordering::Acquire),
+            page_size: cap.page_size,
+            db_size: cap.db_size,
+            pgnos: cap.pgnos,
+            pages: cap.pages,
+        };
+        let pending = Arc::new(PendingCommit { txn_id, state: Mutex::new(PendingState::Waiting) });
+        *self.sm.pending.lock() = Some(pending.clone());
+        let raft = self.raft.clone();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let spawned = runtime().map(|rt| {
+            rt.spawn(async move {
+                let _ = tx.send(raft.client_write(Request::Txn(txn)).await);
+            })
+        });
+        if let Err(e) = spawned {
+            *self.sm.pending.lock() = None;
+            return Err(WriteError::new(IOERR_REPLICATION, e));
+        }
+        let outcome = rx.recv_timeout(Duration::from_millis(self.cfg.timeout_ms));
+        // Decide under the pending mutex: either the state machine claimed the entry (we must
+        // publish it), or we abandon it and the state machine will apply it from the log if Raft
+        // commits it anyway.
+        let decided = {
+            let mut s = pending.state.lock();
+            match *s {
+                PendingState::Claimed { index, term } => Some((index, term)),
+                _ => {
+                    *s = PendingState::Abandoned;
+                    None
+                }
+            }
+        };
+        *self.sm.pending.lock() = None;
+        let Some((index, term)) = decided else {
+            return Err(match outcome {
+                Err(_) => WriteError::new(
+                    IOERR_TIMEOUT,
+                    format!("no quorum within timeout_ms={}; the outcome in the cluster is unknown", self.cfg.timeout_ms),
+                ),
+                Ok(Ok(resp)) => match resp.data {
+                    Response::Stale { index, base_index, last_txn_index } => WriteError::new(
+                        IOERR_REPLICATION,
+                        format!(
+                            "transaction at log index {index} was built on index {base_index} but the state had \
+                             moved to {last_txn_index}; it was discarded on every node: retry"
+                        ),
+                    ),
+                    other => WriteError::new(IOERR_REPLICATION, format!("unexpected apply result {other:?}")),
+                },
+                Ok(Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)))) => {
+                    let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+                    WriteError::new(
+                        ffi::SQLITE_READONLY,
+                        format!("leadership lost before the commit; the leader is now node {who}"),
+                    )
+                }
+                Ok(Err(e)) => WriteError::new(IOERR_LEADERSHIP_LOST, format!("commit failed: {e}")),
+            });
+        };
+        failpoint::hit("commit.after_quorum").map_err(fail)?;
+        let rec = Record {
+            index,
+            term,
+            salt: cap.pos.salt,
+            commit_frame: cap.pos.commit_frame,
+            cksum: cap.pos.commit_cksum,
+            db_size: cap.db_size,
+        };
+        if let Err(e) = self.sm.store.append(&rec) {
+            // Committed in Raft; the record only speeds up restarts. Replay covers it.
+            tracing::warn!("replicated: cannot write the applied-state record: {e}");
+        }
+        failpoint::hit("commit.after_record").map_err(fail)?;
+        Ok(())
+    }
+
+    /// A WAL generation ended (header rewritten, truncated, or deleted): every published frame is
+    /// in the database file, which SQLite has synced.
+    pub fn on_wal_reset(&self) -> Result<(), String> {
+        let m = Marker { applied: self.sm.applied(), last_txn: self.sm.last_txn.load(Ordering::Acquire) };
+        self.sm.store.set_marker(m).map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
+    }
+
+    pub fn on_checkpoint_start(&self) -> Result<(), String> {
+        self.sm.store.sync().map_err(|e| format!("replicated: cannot sync applied-state records: {e}"))
+    }
+
+    pub fn last_error_of_node(&self) -> Option<String> {
+        self.sm.poisoned.lock().clone()
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.log.read_committed_sync().map(|c| c.index).unwrap_or(0).max(self.view().applied)
+    }
+
+    /// `replicated_status()` as JSON.
+    pub fn status_json(&self) -> String {
+        let v = self.view();
+        let role = match v.state {
+            _ if v.shutdown => "shutdown",
+            Some(ServerState::Leader) => "leader",
+            Some(ServerState::Candidate) => "candidate",
+            Some(ServerState::Learner) => "learner",
+            Some(ServerState::Shutdown) => "shutdown",
+            Some(ServerState::Follower) | None => "follower",
+        };
+        let members: Vec<serde_json::Value> = v
+            .members
+            .iter()
+            .map(|(id, addr, voter)| {
+                let matched = if Some(*id) == v.leader && *id == self.cfg.node {
+                    Some(v.last_log)
+                } else {
+                    v.matched.get(id).copied()
+                };
+                serde_json::json!({"id": id, "addr": addr, "voter": voter, "matched_index": matched})
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": self.cfg.node,
+            "role": role,
+            "term": v.term,
+            "leader_id": v.leader,
+            "leader_addr": self.leader_addr(&v),
+            "commit_index": self.committed_index(),
+            "applied_index": v.applied,
+            "last_log_index": v.last_log,
+            "members": members,
+            "db": self.path.display().to_string(),
+            "data": self.cfg.data.display().to_string(),
+            "error": self.last_error_of_node(),
+        })
+        .to_string()
+    }
+}

@@ -1,0 +1,190 @@
+//! The Raft state machine: the SQLite database itself.
+//!
+//! Applying a transaction entry means making its pages part of the database state, under the base
+//! rule of `types.rs` (an entry built on another state than the last applied transaction is
+//! skipped, identically on every node). Two ways an entry becomes part of the state:
+//! - *Claimed by its committer.* On the node that captured it, the SQLite connection that is
+//!   blocked at the commit sync still holds the WAL write lock, with the frames already in the WAL.
+//!   The state machine claims the entry (nothing to write) and SQLite publishes the frames when
+//!   the commit sync returns. `PendingCommit` arbitrates between the claim and a commit that gave
+//!   up (timeout): exactly one of them wins, under its mutex.
+//! - *Applied from the log* (followers, and a leader whose own proposal timed out but was committed
+//!   later). That needs the follower apply path (`apply.rs`, wal-index writer protocol). Until this
+//!   node has it, such an entry poisons the node: writes are refused with a message, reads keep the
+//!   last consistent state, and a restart replays the entry (reconcile.rs). Nothing diverges.
+//!
+//! Snapshots are not built in this version (snapshot policy "never"): the log is kept whole.
+
+use crate::raft::applied::AppliedStore;
+use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
+use parking_lot::Mutex;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingState {
+    Waiting,
+    Claimed { index: u64, term: u64 },
+    Abandoned,
+}
+
+/// The one transaction of this node that is waiting at its commit sync (there is at most one per
+/// database: the WAL write lock is held throughout).
+pub struct PendingCommit {
+    pub txn_id: u64,
+    pub state: Mutex<PendingState>,
+}
+
+pub struct SmShared {
+    pub node_id: NodeId,
+    pub store: AppliedStore,
+    state: Mutex<SmState>,
+    /// Index of the last transaction entry that is part of the state (the base for new ones).
+    pub last_txn: AtomicU64,
+    pub pending: Mutex<Option<Arc<PendingCommit>>>,
+    /// Set when this node can no longer serve writes correctly until it restarts.
+    pub poisoned: Mutex<Option<String>>,
+}
+
+struct SmState {
+    applied: Option<LogId>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+impl SmShared {
+    pub fn new(
+        node_id: NodeId,
+        store: AppliedStore,
+        applied: Option<LogId>,
+        last_txn: u64,
+        membership: StoredMembership<NodeId, BasicNode>,
+    ) -> Arc<SmShared> {
+        Arc::new(SmShared {
+            node_id,
+            store,
+            state: Mutex::new(SmState { applied, membership }),
+            last_txn: AtomicU64::new(last_txn),
+            pending: Mutex::new(None),
+            poisoned: Mutex::new(None),
+        })
+    }
+
+    pub fn applied(&self) -> Option<LogId> {
+        self.state.lock().applied
+    }
+
+    pub fn poison(&self, why: String) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            tracing::error!("replicated: node {} stops accepting writes: {why}", self.node_id);
+            crate::ffi::sqlite_log(libsqlite3_sys::SQLITE_IOERR, &format!("replicated: {why}"));
+            *p = Some(why);
+        }
+    }
+
+    fn apply_one(&self, e: &Entry) -> Response {
+        let mut st = self.state.lock();
+        let resp = match &e.payload {
+            EntryPayload::Blank => Response::None,
+            EntryPayload::Membership(m) => {
+                st.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                if let Err(err) = self.store.save_membership(&st.membership) {
+                    self.poison(format!("cannot persist membership: {err}"));
+                }
+                Response::None
+            }
+            EntryPayload::Normal(Request::Txn(t)) => {
+                let last = self.last_txn.load(Ordering::Acquire);
+                let index = e.log_id.index;
+                if t.validate().is_err() || t.base_index != last {
+                    Response::Stale { index, base_index: t.base_index, last_txn_index: last }
+                } else {
+                    let claimed = t.origin == self.node_id
+                        && match self.pending.lock().as_ref() {
+                            Some(p) if p.txn_id == t.txn_id => {
+                                let mut s = p.state.lock();
+                                if *s == PendingState::Waiting {
+                                    *s = PendingState::Claimed { index, term: e.log_id.leader_id.term };
+                                    true
+                                } else {
+                                    false
+                                }
+                            }
+                            _ => false,
+                        };
+                    if !claimed {
+                        self.poison(format!(
+                            "log entry {index} must be applied from the log, which needs a restart of this node \
+                             (follower apply is not available in this build)"
+                        ));
+                    }
+                    self.last_txn.store(index, Ordering::Release);
+                    Response::Applied { index }
+                }
+            }
+        };
+        st.applied = Some(e.log_id);
+        resp
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine(pub Arc<SmShared>);
+
+pub struct NoSnapshots;
+
+impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        Err(StorageError::from_io_error(
+            openraft::ErrorSubject::None,
+            openraft::ErrorVerb::Read,
+            std::io::Error::other("snapshots are not available in this version"),
+        ))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = NoSnapshots;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        let st = self.0.state.lock();
+        Ok((st.applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        Ok(entries.into_iter().map(|e| self.0.apply_one(&e)).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        NoSnapshots
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<NodeId, BasicNode>,
+        _snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        Err(StorageError::from_io_error(
+            openraft::ErrorSubject::None,
+            openraft::ErrorVerb::Write,
+            std::io::Error::other("snapshots are not available in this version"),
+        ))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,275 @@
+//! Restart reconciliation: make the database files agree with the Raft log before anyone reads.
+//!
+//! The Raft log is the source of truth (DESIGN §4). What may be in the `-wal` file after a crash:
+//! frames of transactions that were committed and published (good), frames of a leader transaction
+//! that was waiting for its quorum (must never be shown: SQLite's recovery *would* resurrect them,
+//! their salts and checksums being valid), and a torn tail. So, with no SQLite connection open and
+//! the node's data directory locked:
+//!
+//! 1. Scan the WAL as recovery would. Find the newest applied-state record whose salts, commit
+//!    frame and checksum match a valid commit frame. Cut the WAL right after that frame (and drop
+//!    the records after it). No match: delete the WAL; the database file holds the marker's state.
+//! 2. Delete `-shm`, so the first reader rebuilds the wal-index from the WAL we left.
+//! 3. Replay committed entries after that point, appending frames to the WAL with this node's
+//!    salts and checksum chain, and recording each. "Committed" = the persisted commit index, or
+//!    every durable entry when this node is the only voter (an entry of a one-voter cluster is
+//!    committed the moment it is durable). Entries are full page images: replay is idempotent.
+//!
+//! Never: replay past the known commit index (a follower's uncommitted tail may be truncated by a
+//! new leader), or keep WAL frames that no record vouches for.
+
+use crate::failpoint;
+use crate::raft::applied::{AppliedStore, Loaded, Marker, Record};
+use crate::raft::log_store::LogStore;
+use crate::raft::types::{LogId, NodeId, Request, Txn};
+use crate::wal::frames::{self, WalHeader, WAL_HDR};
+use openraft::{BasicNode, EntryPayload, StoredMembership};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Entries read from the log per batch during replay (bounds memory).
+const REPLAY_BATCH: u64 = 64;
+
+pub struct Reconciled {
+    pub applied: Option<LogId>,
+    pub last_txn: u64,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub replayed: u64,
+}
+
+pub fn sibling(db: &Path, suffix: &str) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub fn random_salt() -> [u8; 8] {
+    let mut s = [0u8; 8];
+    if let Ok(f) = File::open("/dev/urandom") {
+        let _ = f.read_exact_at(&mut s, 0);
+    }
+    if s == [0u8; 8] {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+        s.copy_from_slice(&(t as u64 ^ std::process::id() as u64).to_le_bytes());
+    }
+    s
+}
+
+/// Appends transactions to a WAL file directly (used only while no connection has it open).
+pub struct WalAppender {
+    file: File,
+    hdr: Option<WalHeader>,
+    next_frame: u64,
+    running: (u32, u32),
+    buf: Vec<u8>,
+}
+
+impl WalAppender {
+    /// Continue after `commit_frame` (whose checksum is `cksum`) in an existing WAL, or start a new
+    /// WAL at the first append when `existing` is None.
+    pub fn open(path: &Path, existing: Option<(WalHeader, u64, (u32, u32))>) -> io::Result<WalAppender> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let (hdr, next_frame, running) = match existing {
+            Some((h, f, ck)) => (Some(h), f + 1, ck),
+            None => {
+                file.set_len(0)?;
+                (None, 1, (0, 0))
+            }
+        };
+        Ok(WalAppender { file, hdr, next_frame, running, buf: Vec::new() })
+    }
+
+    pub fn append(&mut self, txn: &Txn) -> io::Result<(u64, [u8; 8], (u32, u32))> {
+        let hdr = match self.hdr {
+            Some(h) => h,
+            None => {
+                let h = WalHeader::new(txn.page_size, 0, random_salt());
+                self.file.write_all_at(&h.encode(), 0)?;
+                self.file.sync_data()?;
+                self.running = h.cksum;
+                self.hdr = Some(h);
+                h
+            }
+        };
+        if hdr.page_size != txn.page_size {
+            return Err(io::Error::other(format!(
+                "page size {} of a log entry differs from the WAL's {}",
+                txn.page_size, hdr.page_size
+            )));
+        }
+        let n = txn.pgnos.len();
+        for (i, &pg) in txn.pgnos.iter().enumerate() {
+            let commit = if i + 1 == n { txn.db_size } else { 0 };
+            self.running = frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
+            self.file.write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
+            self.next_frame += 1;
+        }
+        Ok((self.next_frame - 1, hdr.salt, self.running))
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+fn scan_file(path: &Path) -> io::Result<Option<(WalHeader, Vec<frames::CommitPoint>)>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(frames::scan(|off, buf| f.read_exact_at(buf, off).is_ok()))
+}
+
+fn remove_if_exists(p: &Path) -> io::Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+pub fn is_sole_voter(m: &StoredMembership<NodeId, BasicNode>, me: NodeId) -> bool {
+    let voters: Vec<NodeId> = m.membership().voter_ids().collect();
+    voters == vec![me]
+}
+
+/// Runs steps 1–3 of the module comment. `initial` is the membership to assume when none was
+/// ever applied (from the `peers` configuration).
+pub fn reconcile(
+    db_path: &Path,
+    log: &LogStore,
+    store: &AppliedStore,
+    loaded: Loaded,
+    me: NodeId,
+    initial_voters: &[NodeId],
+) -> Result<Reconciled, String> {
+    let wal_path = sibling(db_path, "-wal");
+    let err = |what: &str, e: io::Error| format!("replicated: reconciling {}: {what}: {e}", db_path.display());
+    let scanned = scan_file(&wal_path).map_err(|e| err("reading the WAL", e))?;
+
+    // 1. The newest record that the WAL vouches for.
+    let mut found: Option<(usize, Record, WalHeader)> = None;
+    if let Some((hdr, commits)) = &scanned {
+        for (i, r) in loaded.records.iter().enumerate().rev() {
+            if r.salt == hdr.salt
+                && commits.iter().any(|c| c.frame == r.commit_frame && c.cksum == r.cksum && c.db_size == r.db_size)
+            {
+                found = Some((i, *r, *hdr));
+                break;
+            }
+        }
+    }
+    let (mut applied, mut last_txn, mut appender) = match found {
+        Some((i, r, hdr)) => {
+            let f = OpenOptions::new().write(true).open(&wal_path).map_err(|e| err("opening the WAL", e))?;
+            f.set_len(hdr.frame_offset(r.commit_frame + 1)).map_err(|e| err("cutting the WAL", e))?;
+            f.sync_all().map_err(|e| err("syncing the WAL", e))?;
+            store.keep_first(i + 1).map_err(|e| err("trimming records", e))?;
+            let app = WalAppender::open(&wal_path, Some((hdr, r.commit_frame, r.cksum)))
+                .map_err(|e| err("opening the WAL", e))?;
+            (Some(openraft::LogId::new(openraft::CommittedLeaderId::new(r.term, 0), r.index)), r.index, Some(app))
+        }
+        None => {
+            remove_if_exists(&wal_path).map_err(|e| err("deleting the WAL", e))?;
+            store.keep_first(0).map_err(|e| err("trimming records", e))?;
+            let Marker { applied, last_txn } = loaded.marker;
+            (applied, last_txn, None)
+        }
+    };
+    failpoint::hit("reconcile.after_cut").map_err(|e| err("failpoint", e))?;
+    // 2. No stale wal-index.
+    remove_if_exists(&sibling(db_path, "-shm")).map_err(|e| err("deleting -shm", e))?;
+
+    // The applied log id must carry the real leader id; take it from the log when we can.
+    if let Some(a) = applied {
+        if let Ok(mut es) = log.entries_sync(a.index, a.index) {
+            if let Some(e) = es.pop() {
+                applied = Some(e.log_id);
+            }
+        }
+    }
+
+    // 3. Replay committed entries.
+    let mut membership = loaded.membership.unwrap_or_else(|| {
+        let nodes: std::collections::BTreeSet<NodeId> = initial_voters.iter().copied().collect();
+        StoredMembership::new(None, openraft::Membership::new(vec![nodes], None))
+    });
+    let start = applied.map(|a| a.index + 1).unwrap_or(0);
+    let last = log.last_log_id().map(|l| l.index);
+    let mut committed = log.read_committed_sync().map(|c| c.index);
+    // The effective membership for "sole voter" is the newest one in the log.
+    let mut newest = membership.clone();
+    if let Some(last) = last {
+        let from = start.max(log.purged_sync().map(|p| p.index + 1).unwrap_or(0));
+        let mut i = from;
+        while i <= last {
+            let hi = (i + REPLAY_BATCH - 1).min(last);
+            for e in log.entries_sync(i, hi).map_err(|e| err("reading the log", e))? {
+                if let EntryPayload::Membership(m) = &e.payload {
+                    newest = StoredMembership::new(Some(e.log_id), m.clone());
+                }
+            }
+            i = hi + 1;
+        }
+        if is_sole_voter(&newest, me) {
+            committed = Some(last);
+        }
+    }
+    let mut replayed = 0u64;
+    if let Some(end) = committed {
+        let mut i = start;
+        while i <= end {
+            let hi = (i + REPLAY_BATCH - 1).min(end);
+            let entries = log.entries_sync(i, hi).map_err(|e| err("reading the log", e))?;
+            if entries.first().map(|e| e.log_id.index) != Some(i) && i <= end {
+                return Err(format!(
+                    "replicated: reconciling {}: log entry {i} is missing (purged or lost); this node needs a snapshot",
+                    db_path.display()
+                ));
+            }
+            for e in entries {
+                failpoint::hit("reconcile.replay_entry").map_err(|e| err("failpoint", e))?;
+                match &e.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        store.save_membership(&membership).map_err(|e| err("saving membership", e))?;
+                    }
+                    EntryPayload::Normal(Request::Txn(t)) => {
+                        if t.validate().is_ok() && t.base_index == last_txn {
+                            if appender.is_none() {
+                                appender = Some(WalAppender::open(&wal_path, None).map_err(|e| err("creating the WAL", e))?);
+                            }
+                            if let Some(app) = appender.as_mut() {
+                                let (frame, salt, cksum) = app.append(&t).map_err(|e| err("appending to the WAL", e))?;
+                                store
+                                    .append(&Record {
+                                        index: e.log_id.index,
+                                        term: e.log_id.leader_id.term,
+                                        salt,
+                                        commit_frame: frame,
+                                        cksum,
+                                        db_size: t.db_size,
+                                    })
+                                    .map_err(|e| err("recording", e))?;
+                            }
+                            last_txn = e.log_id.index;
+                            replayed += 1;
+                        }
+                    }
+                }
+                applied = Some(e.log_id);
+            }
+            i = hi + 1;
+        }
+    }
+    if let Some(app) = &appender {
+        app.sync().map_err(|e| err("syncing the WAL", e))?;
+    }
+    store.sync().map_err(|e| err("syncing records", e))?;
+    failpoint::hit("reconcile.after_replay").map_err(|e| err("failpoint", e))?;
+    let _ = WAL_HDR;
+    Ok(Reconciled { applied, last_txn, membership, replayed })
+}

@@ -1,0 +1,643 @@
+//! The `replicated` VFS: a thin wrapper around the host's default OS VFS.
+//!
+//! What it owns: one `ReplFile` per open file, laid out as `[ReplFile][the OS VFS's file]` in the
+//! buffer SQLite allocates (`szOsFile` = ours + theirs). Every method forwards to the wrapped file —
+//! xShm* and xFetch/xUnfetch included, so the OS VFS's wal-index locking and mmap stay intact.
+//! The only behaviour added is on the data path of a replicated database:
+//!
+//! 1. *Open* (main db): parse the configuration from the URI and start (or find) the node for
+//!    this database — which reconciles the WAL with the Raft log before anything reads.
+//!    A bad configuration does not fail `xOpen` (SQLite would only say "unable to open database
+//!    file"): the handle remembers the error, refuses all I/O, and the extension's per-connection
+//!    init reports the message, which names the key, as the open's error.
+//! 2. *Begin write* (`xShmLock(WRITE, exclusive)` while holding a read mark): ask the node; a
+//!    follower refuses with SQLITE_READONLY before any page is written.
+//! 3. *Commit* (the WAL `xSync` after a commit frame, see `locks.rs`): capture the transaction,
+//!    hand it to Raft, block this SQLite thread until the ack level is met, then return. On failure
+//!    the WAL tail is invalidated and synced *before* the error is returned. Never SQLITE_BUSY.
+//! 4. *Refusals* through SQLITE_FCNTL_PRAGMA: journal_mode other than WAL, locking_mode=EXCLUSIVE,
+//!    synchronous below FULL.
+//! 5. *WAL generations*: a WAL header written at offset 0, a WAL truncated to 0 or deleted means
+//!    every earlier frame is in the database file; the node records that (the checkpoint marker).
+//!
+//! Must never: panic across the FFI boundary (every entry is wrapped in `ffi::guard`), take file
+//! locks of its own on SQLite's files, or block inside xShmBarrier or a lock release.
+
+pub mod capture;
+pub mod locks;
+
+use crate::ffi::{cstr, guard, sqlite_log, sqlite_string};
+use crate::node::{Database, WriteError};
+use libsqlite3_sys as ffi;
+use locks::ShmLocks;
+use parking_lot::Mutex;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::{Arc, OnceLock};
+
+pub const VFS_NAME: &CStr = c"replicated";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Main,
+    Wal,
+    Other,
+}
+
+/// State of one main-database handle (one per connection per database).
+pub struct MainState {
+    pub db: Option<Arc<Database>>,
+    pub config_error: Option<String>,
+    /// Handles of the node's own connections (never refused, never captured).
+    pub internal: bool,
+    locks: ShmLocks,
+    /// A commit frame was written since this handle took WAL_WRITE_LOCK.
+    commit_pending: bool,
+    /// The wrapped main file, for wal-index access at capture time.
+    real: *mut ffi::sqlite3_file,
+    /// Reason for this connection's last replication failure (`replicated_last_error()`).
+    pub last_error: Mutex<Option<String>>,
+}
+
+#[repr(C)]
+struct ReplFile {
+    base: ffi::sqlite3_file,
+    real: *mut ffi::sqlite3_file,
+    kind: Kind,
+    /// Main: owned (Box). Wal: the owning main handle's state (borrowed; the WAL closes first).
+    main: *mut MainState,
+}
+
+const HDR: usize = (std::mem::size_of::<ReplFile>() + 15) & !15;
+
+struct BaseVfs(*mut ffi::sqlite3_vfs);
+// SAFETY: the OS VFS object is immutable after registration and lives for the process.
+unsafe impl Send for BaseVfs {}
+unsafe impl Sync for BaseVfs {}
+static BASE: OnceLock<BaseVfs> = OnceLock::new();
+
+fn base() -> *mut ffi::sqlite3_vfs {
+    BASE.get().map(|b| b.0).unwrap_or(ptr::null_mut())
+}
+
+thread_local! {
+    /// Set while the node opens one of its own connections on this thread.
+    pub static INTERNAL_OPEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Registers the VFS once per process (idempotent). Returns an SQLite result code.
+pub fn register() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| unsafe {
+        if !ffi::sqlite3_vfs_find(VFS_NAME.as_ptr()).is_null() {
+            return Ok(());
+        }
+        let os = ffi::sqlite3_vfs_find(ptr::null());
+        if os.is_null() {
+            return Err("replicated: no default VFS to wrap".into());
+        }
+        let _ = BASE.set(BaseVfs(os));
+        let o = &*os;
+        let vfs = Box::new(ffi::sqlite3_vfs {
+            iVersion: 3.min(o.iVersion),
+            szOsFile: (HDR + o.szOsFile as usize) as c_int,
+            mxPathname: o.mxPathname,
+            pNext: ptr::null_mut(),
+            zName: VFS_NAME.as_ptr(),
+            pAppData: ptr::null_mut(),
+            xOpen: Some(v_open),
+            xDelete: Some(v_delete),
+            xAccess: Some(v_access),
+            xFullPathname: Some(v_full_pathname),
+            xDlOpen: o.xDlOpen,
+            xDlError: o.xDlError,
+            xDlSym: o.xDlSym,
+            xDlClose: o.xDlClose,
+            xRandomness: Some(v_randomness),
+            xSleep: Some(v_sleep),
+            xCurrentTime: Some(v_current_time),
+            xGetLastError: Some(v_get_last_error),
+            xCurrentTimeInt64: if o.iVersion >= 2 { Some(v_current_time64) } else { None },
+            xSetSystemCall: None,
+            xGetSystemCall: None,
+            xNextSystemCall: None,
+        });
+        let rc = ffi::sqlite3_vfs_register(Box::into_raw(vfs), 0);
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("replicated: sqlite3_vfs_register failed ({rc})"));
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+/// If `file` belongs to this VFS and is a main database, its state.
+///
+/// # Safety
+/// `file` must be NULL or a live `sqlite3_file`.
+pub unsafe fn main_state<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a MainState> {
+    if file.is_null() || (*file).pMethods != &IO_METHODS as *const _ {
+        return None;
+    }
+    let rf = file as *mut ReplFile;
+    if (*rf).kind != Kind::Main || (*rf).main.is_null() {
+        return None;
+    }
+    Some(&*(*rf).main)
+}
+
+/// The URI parameters of a main-database filename, in order.
+unsafe fn uri_pairs(z_name: *const c_char) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        let k = ffi::sqlite3_uri_key(z_name, i);
+        if k.is_null() {
+            break;
+        }
+        let v = ffi::sqlite3_uri_parameter(z_name, k);
+        out.push((cstr(k).unwrap_or_default(), cstr(v).unwrap_or_default()));
+    }
+    out
+}
+
+unsafe extern "C" fn v_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    z_name: *const c_char,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    guard(ffi::SQLITE_CANTOPEN, || {
+        let os = base();
+        let rf = file as *mut ReplFile;
+        ptr::write(
+            rf,
+            ReplFile {
+                base: ffi::sqlite3_file { pMethods: ptr::null() },
+                real: (file as *mut u8).add(HDR) as *mut ffi::sqlite3_file,
+                kind: Kind::Other,
+                main: ptr::null_mut(),
+            },
+        );
+        let Some(x_open) = (*os).xOpen else { return ffi::SQLITE_CANTOPEN };
+        let kind = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+            Kind::Main
+        } else if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            Kind::Wal
+        } else {
+            Kind::Other
+        };
+        // A replicated main database is prepared (genesis, reconcile) before SQLite opens it.
+        let mut state = None;
+        if kind == Kind::Main && !z_name.is_null() {
+            let internal = INTERNAL_OPEN.with(|c| c.get());
+            let path = cstr(z_name).unwrap_or_default();
+            let (db, err) = if internal {
+                (crate::node::registry_get(&path), None)
+            } else {
+                match crate::node::open_database(&path, uri_pairs(z_name), flags & ffi::SQLITE_OPEN_READONLY != 0) {
+                    Ok(db) => (Some(db), None),
+                    Err(e) => {
+                        sqlite_log(ffi::SQLITE_CANTOPEN, &e);
+                        tracing::error!("{e}");
+                        (None, Some(e))
+                    }
+                }
+            };
+            state = Some(Box::new(MainState {
+                db,
+                config_error: err,
+                internal,
+                locks: ShmLocks::default(),
+                commit_pending: false,
+                real: (*rf).real,
+                last_error: Mutex::new(None),
+            }));
+        }
+        let rc = x_open(os, z_name, (*rf).real, flags, out_flags);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        (*rf).kind = kind;
+        match kind {
+            Kind::Main => {
+                if let Some(s) = state {
+                    (*rf).main = Box::into_raw(s);
+                }
+            }
+            Kind::Wal => {
+                let dbf = ffi::sqlite3_database_file_object(z_name);
+                if !dbf.is_null() && (*dbf).pMethods == &IO_METHODS as *const _ {
+                    (*rf).main = (*(dbf as *mut ReplFile)).main;
+                }
+            }
+            Kind::Other => {}
+        }
+        (*rf).base.pMethods = &IO_METHODS;
+        ffi::SQLITE_OK
+    })
+}
+
+unsafe extern "C" fn v_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_DELETE, || {
+        let os = base();
+        if let Some(name) = cstr(z_name) {
+            if let Some(db_path) = name.strip_suffix("-wal") {
+                if let Some(db) = crate::node::registry_get(db_path) {
+                    // The last connection checkpointed everything and is deleting the WAL: the
+                    // database file now holds every applied transaction.
+                    if let Err(e) = db.on_wal_reset() {
+                        sqlite_log(ffi::SQLITE_IOERR_DELETE, &e);
+                        return ffi::SQLITE_IOERR_DELETE;
+                    }
+                }
+            }
+        }
+        match (*os).xDelete {
+            Some(f) => f(os, z_name, sync_dir),
+            None => ffi::SQLITE_IOERR_DELETE,
+        }
+    })
+}
+
+unsafe extern "C" fn v_access(_v: *mut ffi::sqlite3_vfs, z: *const c_char, fl: c_int, out: *mut c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_ACCESS, || {
+        let os = base();
+        (*os).xAccess.map(|f| f(os, z, fl, out)).unwrap_or(ffi::SQLITE_IOERR_ACCESS)
+    })
+}
+unsafe extern "C" fn v_full_pathname(_v: *mut ffi::sqlite3_vfs, z: *const c_char, n: c_int, out: *mut c_char) -> c_int {
+    guard(ffi::SQLITE_CANTOPEN, || {
+        let os = base();
+        (*os).xFullPathname.map(|f| f(os, z, n, out)).unwrap_or(ffi::SQLITE_CANTOPEN)
+    })
+}
+unsafe extern "C" fn v_randomness(_v: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+    guard(0, || {
+        let os = base();
+        (*os).xRandomness.map(|f| f(os, n, out)).unwrap_or(0)
+    })
+}
+unsafe extern "C" fn v_sleep(_v: *mut ffi::sqlite3_vfs, us: c_int) -> c_int {
+    guard(0, || {
+        let os = base();
+        (*os).xSleep.map(|f| f(os, us)).unwrap_or(0)
+    })
+}
+unsafe extern "C" fn v_current_time(_v: *mut ffi::sqlite3_vfs, t: *mut f64) -> c_int {
+    guard(ffi::SQLITE_ERROR, || {
+        let os = base();
+        (*os).xCurrentTime.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
+    })
+}
+unsafe extern "C" fn v_get_last_error(_v: *mut ffi::sqlite3_vfs, n: c_int, z: *mut c_char) -> c_int {
+    guard(0, || {
+        let os = base();
+        (*os).xGetLastError.map(|f| f(os, n, z)).unwrap_or(0)
+    })
+}
+unsafe extern "C" fn v_current_time64(_v: *mut ffi::sqlite3_vfs, t: *mut ffi::sqlite3_int64) -> c_int {
+    guard(ffi::SQLITE_ERROR, || {
+        let os = base();
+        (*os).xCurrentTimeInt64.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
+    })
+}
+
+// ---- io methods -------------------------------------------------------------------------------
+
+static IO_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: Some(x_shm_map),
+    xShmLock: Some(x_shm_lock),
+    xShmBarrier: Some(x_shm_barrier),
+    xShmUnmap: Some(x_shm_unmap),
+    xFetch: Some(x_fetch),
+    xUnfetch: Some(x_unfetch),
+};
+
+unsafe fn real(f: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    (*(f as *mut ReplFile)).real
+}
+unsafe fn rm<'a>(f: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_methods {
+    &*(*real(f)).pMethods
+}
+/// The main state of a handle when it is a replicated main db that failed its configuration.
+unsafe fn broken(f: *mut ffi::sqlite3_file) -> bool {
+    let rf = f as *mut ReplFile;
+    (*rf).kind == Kind::Main && !(*rf).main.is_null() && (*(*rf).main).config_error.is_some()
+}
+
+macro_rules! forward {
+    ($f:expr, $m:ident, $err:expr $(, $a:expr)*) => {{
+        let r = real($f);
+        match (*(*r).pMethods).$m {
+            Some(m) => m(r $(, $a)*),
+            None => $err,
+        }
+    }};
+}
+
+unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
+    guard(ffi::SQLITE_IOERR_CLOSE, || {
+        let rf = f as *mut ReplFile;
+        let r = (*rf).real;
+        let rc = if !(*r).pMethods.is_null() { forward!(f, xClose, ffi::SQLITE_OK) } else { ffi::SQLITE_OK };
+        if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
+            drop(Box::from_raw((*rf).main));
+        }
+        (*rf).main = ptr::null_mut();
+        rc
+    })
+}
+
+unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
+    guard(ffi::SQLITE_IOERR_READ, || {
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        forward!(f, xRead, ffi::SQLITE_IOERR_READ, buf, n, off)
+    })
+}
+
+unsafe extern "C" fn x_write(f: *mut ffi::sqlite3_file, buf: *const c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
+    guard(ffi::SQLITE_IOERR_WRITE, || {
+        let rf = f as *mut ReplFile;
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        if (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
+            let st = &mut *(*rf).main;
+            if !st.internal {
+                if n == 24 && off >= 32 {
+                    // A frame header: a non-zero "database size after commit" marks the commit frame.
+                    let h = std::slice::from_raw_parts(buf as *const u8, 24);
+                    if crate::wal::frames::be32(h, 4) != 0 {
+                        st.commit_pending = true;
+                    }
+                } else if n == 32 && off == 0 {
+                    // A new WAL generation begins: everything before it was backfilled and synced.
+                    if let Some(db) = &st.db {
+                        if let Err(e) = db.on_wal_reset() {
+                            sqlite_log(ffi::SQLITE_IOERR_WRITE, &e);
+                            return ffi::SQLITE_IOERR_WRITE;
+                        }
+                    }
+                }
+            }
+        }
+        forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, n, off)
+    })
+}
+
+unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
+    guard(ffi::SQLITE_IOERR_TRUNCATE, || {
+        let rf = f as *mut ReplFile;
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        if (*rf).kind == Kind::Wal && size == 0 && !(*rf).main.is_null() {
+            let st = &*(*rf).main;
+            if let (false, Some(db)) = (st.internal, &st.db) {
+                if let Err(e) = db.on_wal_reset() {
+                    sqlite_log(ffi::SQLITE_IOERR_TRUNCATE, &e);
+                    return ffi::SQLITE_IOERR_TRUNCATE;
+                }
+            }
+        }
+        forward!(f, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, size)
+    })
+}
+
+unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_FSYNC, || {
+        let rf = f as *mut ReplFile;
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        if (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
+            let st = &mut *(*rf).main;
+            if st.commit_pending && st.locks.holds_write_not_ckpt() && !st.internal {
+                st.commit_pending = false;
+                if let Some(db) = st.db.clone() {
+                    return commit_sync(st, &db, (*rf).real);
+                }
+            }
+        }
+        forward!(f, xSync, ffi::SQLITE_IOERR_FSYNC, flags)
+    })
+}
+
+/// The commit path: capture → replicate → return. See the module comment.
+unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_file) -> c_int {
+    let result = match capture::capture(st.real, wal) {
+        Ok(cap) => db.commit(cap),
+        Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
+        Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),
+    };
+    match result {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(e) => {
+            // Invalidate first, then report: a crash after this point must not resurrect it.
+            let first = capture::read_shm_header(st.real).map(|h| h.mx_frame as u64 + 1).unwrap_or(1);
+            let ps = capture::wal_page_size(wal).unwrap_or(4096);
+            let rc = capture::invalidate_tail(wal, ps, first);
+            if rc != ffi::SQLITE_OK {
+                db.poison(format!("could not invalidate the WAL tail after a failed commit ({rc})"));
+            }
+            report(st, e.code, &e.msg);
+            e.code
+        }
+    }
+}
+
+fn report(st: &MainState, code: c_int, msg: &str) {
+    sqlite_log(code, msg);
+    tracing::warn!("{msg}");
+    *st.last_error.lock() = Some(msg.to_string());
+}
+
+unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, out: *mut ffi::sqlite3_int64) -> c_int {
+    guard(ffi::SQLITE_IOERR_FSTAT, || {
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        forward!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, out)
+    })
+}
+unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, l: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_LOCK, || {
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        forward!(f, xLock, ffi::SQLITE_IOERR_LOCK, l)
+    })
+}
+unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, l: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_UNLOCK, || forward!(f, xUnlock, ffi::SQLITE_IOERR_UNLOCK, l))
+}
+unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, || forward!(f, xCheckReservedLock, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, out))
+}
+
+/// `PRAGMA name = value` → `Some(message)` when the replicated VFS must refuse it.
+pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
+    let v = value?.trim().trim_matches(|c| c == '\'' || c == '"').to_ascii_lowercase();
+    match name.to_ascii_lowercase().as_str() {
+        "journal_mode" if v != "wal" => Some(format!(
+            "replicated: journal_mode={v} refused: a replicated database must stay in WAL mode"
+        )),
+        "locking_mode" if v == "exclusive" => {
+            Some("replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into())
+        }
+        "synchronous" if matches!(v.as_str(), "0" | "off" | "1" | "normal") => Some(format!(
+            "replicated: synchronous={v} refused: the commit hook needs synchronous=FULL (or EXTRA)"
+        )),
+        _ => None,
+    }
+}
+
+unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    guard(ffi::SQLITE_ERROR, || {
+        let rf = f as *mut ReplFile;
+        if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
+            let st = &*(*rf).main;
+            match op {
+                ffi::SQLITE_FCNTL_PRAGMA => {
+                    let az = arg as *mut *mut c_char;
+                    let name = cstr(*az.add(1)).unwrap_or_default();
+                    let value = cstr(*az.add(2));
+                    if let Some(msg) = refused_pragma(&name, value.as_deref()) {
+                        *az = sqlite_string(&msg);
+                        sqlite_log(ffi::SQLITE_ERROR, &msg);
+                        return ffi::SQLITE_ERROR;
+                    }
+                }
+                ffi::SQLITE_FCNTL_CKPT_START => {
+                    if let (false, Some(db)) = (st.internal, &st.db) {
+                        // The checkpoint is about to copy frames into the database file: make
+                        // the applied-state records that describe them durable first.
+                        if let Err(e) = db.on_checkpoint_start() {
+                            sqlite_log(ffi::SQLITE_IOERR, &e);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        forward!(f, xFileControl, ffi::SQLITE_NOTFOUND, op, arg)
+    })
+}
+unsafe extern "C" fn x_sector_size(f: *mut ffi::sqlite3_file) -> c_int {
+    guard(4096, || forward!(f, xSectorSize, 4096))
+}
+unsafe extern "C" fn x_device_characteristics(f: *mut ffi::sqlite3_file) -> c_int {
+    guard(0, || forward!(f, xDeviceCharacteristics, 0))
+}
+unsafe extern "C" fn x_shm_map(f: *mut ffi::sqlite3_file, pg: c_int, sz: c_int, ext: c_int, pp: *mut *mut c_void) -> c_int {
+    guard(ffi::SQLITE_IOERR_SHMMAP, || {
+        if broken(f) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        forward!(f, xShmMap, ffi::SQLITE_IOERR_SHMMAP, pg, sz, ext, pp)
+    })
+}
+
+unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR_SHMLOCK, || {
+        let rf = f as *mut ReplFile;
+        if (*rf).kind != Kind::Main || (*rf).main.is_null() {
+            return forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
+        }
+        let st = &mut *(*rf).main;
+        if st.config_error.is_some() {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        let lock = flags & ffi::SQLITE_SHM_LOCK != 0;
+        let excl = flags & ffi::SQLITE_SHM_EXCLUSIVE != 0;
+        if !st.internal && st.locks.is_write_txn_start(offset, n, lock, excl) {
+            if let Some(db) = st.db.clone() {
+                if let Err(e) = db.begin_write() {
+                    report(st, e.code, &e.msg);
+                    return e.code;
+                }
+            }
+        }
+        let rc = forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
+        if rc == ffi::SQLITE_OK {
+            st.locks.record(offset, n, lock, excl);
+            if !lock && excl && offset == 0 {
+                if st.commit_pending && !st.internal {
+                    // Tripwire: a commit frame was written but no commit sync was seen, so a
+                    // transaction was published without replication (synchronous below FULL?).
+                    if let Some(db) = &st.db {
+                        db.poison("a transaction was committed without passing the commit hook".into());
+                    }
+                }
+                st.commit_pending = false;
+            }
+        }
+        rc
+    })
+}
+unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
+    guard((), || {
+        let r = real(f);
+        if let Some(m) = (*(*r).pMethods).xShmBarrier {
+            m(r)
+        }
+    })
+}
+unsafe extern "C" fn x_shm_unmap(f: *mut ffi::sqlite3_file, del: c_int) -> c_int {
+    guard(ffi::SQLITE_IOERR, || forward!(f, xShmUnmap, ffi::SQLITE_OK, del))
+}
+unsafe extern "C" fn x_fetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, n: c_int, pp: *mut *mut c_void) -> c_int {
+    guard(ffi::SQLITE_IOERR_MMAP, || {
+        if rm(f).iVersion < 3 || broken(f) {
+            *pp = ptr::null_mut();
+            return ffi::SQLITE_OK;
+        }
+        forward!(f, xFetch, ffi::SQLITE_OK, off, n, pp)
+    })
+}
+unsafe extern "C" fn x_unfetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, p: *mut c_void) -> c_int {
+    guard(ffi::SQLITE_IOERR_MMAP, || {
+        if rm(f).iVersion < 3 {
+            return ffi::SQLITE_OK;
+        }
+        forward!(f, xUnfetch, ffi::SQLITE_OK, off, p)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_pragma;
+
+    #[test]
+    fn pragma_refusals() {
+        assert!(refused_pragma("journal_mode", Some("delete")).is_some());
+        assert!(refused_pragma("JOURNAL_MODE", Some("'memory'")).is_some());
+        assert!(refused_pragma("journal_mode", Some("WAL")).is_none());
+        assert!(refused_pragma("journal_mode", None).is_none(), "a query is fine");
+        assert!(refused_pragma("locking_mode", Some("EXCLUSIVE")).is_some());
+        assert!(refused_pragma("locking_mode", Some("normal")).is_none());
+        for v in ["0", "off", "1", "NORMAL"] {
+            assert!(refused_pragma("synchronous", Some(v)).is_some(), "{v}");
+        }
+        for v in ["2", "full", "3", "extra"] {
+            assert!(refused_pragma("synchronous", Some(v)).is_none(), "{v}");
+        }
+        assert!(refused_pragma("cache_size", Some("10")).is_none());
+    }
+}
