@@ -60,18 +60,28 @@
 extern "C" {
 #endif
 
-/* The extension's entry point, as SQLite calls it (sqlite3_load_extension derives this name from
- * "libreplicated"). Do not call it directly: pApi must be SQLite's own routine table, which only
- * SQLite can pass. Returns SQLITE_OK_LOAD_PERMANENTLY on success. Idempotent. */
+/* The extension's entry point for sqlite3_load_extension() (SQLite derives this name from
+ * "libreplicated"). Returns SQLITE_OK_LOAD_PERMANENTLY (256) on success. Idempotent. Do not call it
+ * yourself: pApi must be SQLite's own routine table, which only SQLite can pass. */
 int sqlite3_replicated_init(sqlite3 *db, char **pzErrMsg, const struct sqlite3_api_routines *pApi);
 
+/* The same initialisation as an auto-extension: returns SQLITE_OK. Use this one, not
+ * sqlite3_replicated_init, with sqlite3_auto_extension(): SQLite's auto-extension loop treats any
+ * non-zero return, SQLITE_OK_LOAD_PERMANENTLY included, as "automatic extension loading failed".
+ * (Checked on 3.40.1: with sqlite3_replicated_init registered, every open leaves that error in
+ * sqlite3_errmsg() and sqlite3_extended_errcode() == 256, an open with SQLITE_OPEN_EXRESCODE fails
+ * with 256, and auto-extensions registered after it stop running. A plain open still returns
+ * SQLITE_OK only because 256 & 0xff == 0.) The extension also registers this function itself the
+ * first time it is loaded, so every later connection of the process gets the SQL functions. */
+int sqlite3_replicated_auto_init(sqlite3 *db, char **pzErrMsg, const struct sqlite3_api_routines *pApi);
+
 /* Registers the extension as an auto-extension of the SQLite this program links: every connection
- * opened from now on runs sqlite3_replicated_init. Registering twice is a no-op. Returns SQLITE_OK or
- * an error code (SQLITE_NOMEM). Remember: the first connection opened after this must not name
- * vfs=replicated (see WHY STEP 2 above). */
+ * opened from now on runs the (idempotent) initialisation. Registering twice is a no-op. Returns
+ * SQLITE_OK or an error code (SQLITE_NOMEM). Remember: the first connection opened after this must
+ * not name vfs=replicated (see WHY STEP 2 above). */
 static inline int sqlite3_replicated_register(void)
 {
-    return sqlite3_auto_extension((void (*)(void))sqlite3_replicated_init);
+    return sqlite3_auto_extension((void (*)(void))sqlite3_replicated_auto_init);
 }
 
 #ifdef __cplusplus

@@ -316,30 +316,6 @@ print(a, b, con.execute("SELECT count(*) FROM t").fetchone()[0])
     assert p.stdout.split() == [method, method, "0"], p.stdout + p.stderr
 
 
-# ------------------------------------------------------------------------------------------ (d)
-
-@pytest.fixture(scope="module")
-def go_binary(tmp_path_factory):
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go not installed")
-    out = tmp_path_factory.mktemp("go") / "replicated-example"
-    env = dict(os.environ, CGO_ENABLED="1")
-    # the first build compiles the sqlite3 amalgamation with cgo: a minute or two on 2 cores
-    run([go, "build", "-o", out, "."], cwd=REPO / "examples" / "go", timeout=1200, env=env)
-    return out
-
-
-def test_go(tmp_path, go_binary):
-    port, db = free_port(), tmp_path / "go.db"
-
-    def cmd(mode):
-        return [go_binary, "-lib", LIB, "-db", db, "-port", port, "-secret", SECRET, "-mode", mode,
-                "-rows", ROWS]
-
-    check_write_then_read(cmd, "go", port, db)
-
-
 # ------------------------------------------------------------------------------------------ (e)
 
 def gcc_build(src, out):
@@ -362,23 +338,26 @@ def test_c(tmp_path):
 AUTO_EXT_PROBE = r"""
 #include <stdio.h>
 #include "replicated.h"
-static int try_open(const char *what, const char *uri, sqlite3 **out) {
+static int try_open(const char *what, const char *uri, int extra, sqlite3 **out) {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL);
-    printf("%s rc=%d msg=%s\n", what, rc, db ? sqlite3_errmsg(db) : "nomem");
+    int rc = sqlite3_open_v2(uri, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI | extra, NULL);
+    printf("%s rc=%d ext=%d msg=%s\n", what, rc, db ? sqlite3_extended_errcode(db) : -1,
+           db ? sqlite3_errmsg(db) : "nomem");
     if (out && rc == SQLITE_OK) *out = db; else sqlite3_close(db);
     return rc;
 }
 int main(int argc, char **argv) {
     sqlite3 *boot = NULL, *db = NULL;
+    (void)argc;
     if (sqlite3_replicated_register() != SQLITE_OK || sqlite3_replicated_register() != SQLITE_OK) return 3;
-    try_open("uri-first", argv[1], NULL);          /* before any plain open */
-    try_open("uri-second", argv[1], NULL);         /* a failed open ran no auto-extension */
-    try_open("memory", ":memory:", &boot);         /* runs the init: registers the VFS */
-    try_open("uri-while-boot-open", argv[1], &db);
+    try_open("uri-first", argv[1], 0, NULL);        /* before any plain open */
+    try_open("uri-second", argv[1], 0, NULL);       /* a failed open ran no auto-extension */
+    try_open("memory", ":memory:", 0, &boot);       /* runs the init: registers the VFS */
+    try_open("uri-while-boot-open", argv[1], 0, &db);
     sqlite3_close(db);
     sqlite3_close(boot);
-    try_open("uri-after-boot-closed", argv[1], &db);
+    try_open("uri-exrescode", argv[1], SQLITE_OPEN_EXRESCODE, NULL);
+    try_open("uri-after-boot-closed", argv[1], 0, &db);
     sqlite3_stmt *st = NULL;
     int frc = sqlite3_prepare_v2(db, "SELECT replicated_leader()", -1, &st, NULL);
     printf("functions rc=%d\n", frc);
@@ -390,7 +369,8 @@ int main(int argc, char **argv) {
 
 
 def test_c_auto_extension_ordering(tmp_path):
-    """What c_shim/replicated.h documents: auto-extensions run after the VFS lookup of an open."""
+    """What c_shim/replicated.h documents: auto-extensions run after the VFS lookup of an open, so
+    the first open must be a plain one; and the registered function leaves no error behind."""
     src = tmp_path / "probe.c"
     src.write_text(AUTO_EXT_PROBE)
     exe = gcc_build(src, tmp_path / "probe")
@@ -400,9 +380,35 @@ def test_c_auto_extension_ordering(tmp_path):
     for line in out.splitlines():
         key, _, rest = line.partition(" ")
         res[key] = rest
-    assert res["uri-first"] == "rc=1 msg=no such vfs: replicated", out
-    assert res["uri-second"] == "rc=1 msg=no such vfs: replicated", out
-    assert res["memory"].startswith("rc=0 "), out
-    assert res["uri-while-boot-open"].startswith("rc=0 "), out
-    assert res["uri-after-boot-closed"].startswith("rc=0 "), out
+    assert res["uri-first"] == "rc=1 ext=1 msg=no such vfs: replicated", out
+    assert res["uri-second"] == "rc=1 ext=1 msg=no such vfs: replicated", out
+    ok = "rc=0 ext=0 msg=not an error"
+    assert res["memory"] == ok, out
+    assert res["uri-while-boot-open"] == ok, out
+    assert res["uri-exrescode"] == ok, out  # an auto-extension returning 256 would fail this open
+    assert res["uri-after-boot-closed"] == ok, out
     assert res["functions"] == "rc=0", out
+
+
+# ------------------------------------------------------------------------------------------ (d)
+
+@pytest.fixture(scope="module")
+def go_binary(tmp_path_factory):
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go not installed")
+    out = tmp_path_factory.mktemp("go") / "replicated-example"
+    env = dict(os.environ, CGO_ENABLED="1")
+    # the first build compiles the sqlite3 amalgamation with cgo: a minute or two on 2 cores
+    run([go, "build", "-o", out, "."], cwd=REPO / "examples" / "go", timeout=1200, env=env)
+    return out
+
+
+def test_go(tmp_path, go_binary):
+    port, db = free_port(), tmp_path / "go.db"
+
+    def cmd(mode):
+        return [go_binary, "-lib", LIB, "-db", db, "-port", port, "-secret", SECRET, "-mode", mode,
+                "-rows", ROWS]
+
+    check_write_then_read(cmd, "go", port, db)

@@ -3,7 +3,8 @@
 For every file:
   1. plain run: the script on an ordinary WAL database (synchronous=FULL), then `.dump` and a few header facts;
   2. replicated run: the same script through the extension on a one-node cluster, then `.dump` and the facts;
-     the outputs must match the plain run (see `_comparable` for the `-- nondeterministic` files);
+     the outputs must match the plain run (see `_comparable` for the `-- nondeterministic` files), and
+     replicated_status() must describe this database (so the run really went through the replicated VFS);
   3. persistence: a NEW sqlite3 process loads the extension, reopens the same URI (same port, same Raft data
      directory) and must print the same `.dump` and facts as the end of step 2, and `ok` from integrity_check;
   4. plain readers: after the node process exited, the plain shell opens the database file with `-readonly`
@@ -50,6 +51,14 @@ SELECT '{CHECK_SEP}';
 PRAGMA integrity_check;
 """
 
+# Replicated runs only: proof that the connection really went through the extension's VFS (a URI whose vfs=
+# were ignored would run the corpus on a plain database and pass every comparison).
+STATUS_SEP = "----STATUS----"
+STATUS_EPILOGUE = f"""
+SELECT '{STATUS_SEP}';
+SELECT json_extract(replicated_status(), '$.db'), json_extract(replicated_status(), '$.node_id');
+"""
+
 SHELL_ERRORS = ("Error:", "Parse error", "Runtime error")
 
 
@@ -80,9 +89,14 @@ def run_checked(script: str, what: str, args=()):
     return p
 
 
-def run_file(sql_file: Path, prelude: str, what: str):
-    p = run_checked(prelude + sql_file.read_text() + EPILOGUE, what)
-    body, dump, facts, check = split_run(p.stdout, what)
+def run_file(sql_file: Path, prelude: str, what: str, status_db=None):
+    p = run_checked(prelude + sql_file.read_text() + EPILOGUE + (STATUS_EPILOGUE if status_db else ""), what)
+    out = p.stdout
+    if status_db:
+        out, sep, status = out.partition(STATUS_SEP + "\n")
+        assert sep and status.splitlines() == [f"{status_db}|1"], \
+            f"{what}: replicated_status() does not describe {status_db}, node 1: {status!r}\nstderr:\n{p.stderr}"
+    body, dump, facts, check = split_run(out, what)
     # Every corpus file ends with PRAGMA integrity_check, so its own output ends with "ok".
     assert body and body[-1] == "ok", f"{what}: the file's final integrity_check did not print ok:\n{p.stdout}"
     assert check == ["ok"], f"{what}: integrity_check after the script: {check}"
@@ -130,7 +144,7 @@ def test_sql_file(sql_file, tmp_path):
     # 2. through the extension, one-node cluster
     db = tmp_path / "app.db"
     uri = repl_uri(db, port=free_port(), data=tmp_path / "raft")
-    repl, body, dump, facts = run_file(sql_file, shell_prelude(uri), "replicated run")
+    repl, body, dump, facts = run_file(sql_file, shell_prelude(uri), "replicated run", status_db=db)
     _assert_same(_comparable(body, nondet), _comparable(plain_body, nondet), "replicated output vs plain output")
     if nondet:
         # values differ; the shape of the content (schema, number of rows/statements) may not

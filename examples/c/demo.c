@@ -12,6 +12,7 @@
  * Prints "row <id> <val>" per row, "count <n>", then "status <json>" (replicated_status(), after
  * waiting up to 10 s for the node to be leader). Returns non-zero on any error.
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, strdup under -std=c99 */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

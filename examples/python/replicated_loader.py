@@ -2,8 +2,8 @@
 
     import sqlite3, replicated_loader
     replicated_loader.load()          # or load("/path/to/libreplicated.so")
-    con = sqlite3.connect("file:app.db?vfs=replicated&node=1&peers=1@127.0.0.1:7001&secret=change-me-16-chars-min",
-                          uri=True)
+    con = sqlite3.connect("file:app.db?vfs=replicated&node=1&peers=1@127.0.0.1:7001"
+                          "&secret=change-me-16-chars-min", uri=True)
 
 After ``load()`` the VFS ``replicated`` is registered for the whole process and stays registered
 (the extension returns SQLITE_OK_LOAD_PERMANENTLY and is linked ``-z nodelete``). Two ways, chosen
@@ -13,8 +13,8 @@ automatically:
   ``/usr/bin/python3``): a throw-away ``:memory:`` connection loads the library, then is closed.
 * ``"auto_extension"`` — when the interpreter was built without loadable-extension support (pyenv's
   default and many other builds): load our library with ``ctypes.CDLL(path, RTLD_GLOBAL)``, find the
-  ``libsqlite3`` that ``_sqlite3`` is linked against, hand ``sqlite3_replicated_init`` to its
-  ``sqlite3_auto_extension``, then open and close one ``:memory:`` connection. That plain open is
+  ``libsqlite3`` that ``_sqlite3`` is linked against, hand ``sqlite3_replicated_auto_init`` (the
+  entry point's auto-extension flavour, which returns SQLITE_OK) to its ``sqlite3_auto_extension``, then open and close one ``:memory:`` connection. That plain open is
   what runs the init and registers the VFS: SQLite runs auto-extensions at the end of an open, *after*
   it has looked up the URI's ``vfs=``, so the very first connection must not name ``vfs=replicated``.
   Every later connection runs the (idempotent) init as well.
@@ -94,10 +94,13 @@ def _via_load_extension(path: Path) -> str:
 def _via_auto_extension(path: Path) -> str:
     libsqlite = _host_libsqlite3()
     ext = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    # sqlite3_replicated_auto_init is the auto-extension flavour of the entry point: it returns
+    # SQLITE_OK, where sqlite3_replicated_init returns SQLITE_OK_LOAD_PERMANENTLY (256), which
+    # SQLite's auto-extension loop would record as "automatic extension loading failed".
     try:
-        init = ext.sqlite3_replicated_init
+        init = ext.sqlite3_replicated_auto_init
     except AttributeError as e:
-        raise LoaderError(f"{path} does not export sqlite3_replicated_init") from e
+        raise LoaderError(f"{path} does not export sqlite3_replicated_auto_init") from e
     auto = libsqlite.sqlite3_auto_extension
     auto.argtypes = [ctypes.c_void_p]
     auto.restype = ctypes.c_int

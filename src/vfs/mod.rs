@@ -199,7 +199,6 @@ unsafe extern "C" fn v_open(
                     Ok(db) => (Some(db), None),
                     Err(e) => {
                         sqlite_log(ffi::SQLITE_CANTOPEN, &e);
-                        tracing::error!("{e}");
                         (None, Some(e))
                     }
                 }
@@ -364,9 +363,8 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
 
 unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
     guard(ffi::SQLITE_IOERR_READ, || {
-        if broken(f) {
-            return ffi::SQLITE_CANTOPEN;
-        }
+        // Reads stay allowed on a misconfigured handle: opening reads the header, and the open must
+        // succeed for the per-connection init to report the configuration error by name.
         forward!(f, xRead, ffi::SQLITE_IOERR_READ, buf, n, off)
     })
 }
@@ -470,9 +468,6 @@ fn report(st: &MainState, code: c_int, msg: &str) {
 
 unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, out: *mut ffi::sqlite3_int64) -> c_int {
     guard(ffi::SQLITE_IOERR_FSTAT, || {
-        if broken(f) {
-            return ffi::SQLITE_CANTOPEN;
-        }
         forward!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, out)
     })
 }
