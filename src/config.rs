@@ -198,7 +198,9 @@ impl Config {
                 }
                 continue;
             }
-            if SQLITE_KEYS.contains(&k.as_str()) {
+            // SQLite's own keys, and `_`-prefixed keys, which belong to drivers (go-sqlite3's
+            // `_sync`, `_busy_timeout`, `_txlock`, ...) that pass the whole URI on to SQLite.
+            if SQLITE_KEYS.contains(&k.as_str()) || k.starts_with('_') {
                 continue;
             }
             if !KEYS.contains(&k.as_str()) {
@@ -451,7 +453,7 @@ mod tests {
 
     #[test]
     fn off_flags_and_sqlite_keys_pass() {
-        assert!(parse(&with(&[("immutable", "0"), ("mode", "rwc"), ("cache", "private")]), None).is_ok());
+        assert!(parse(&with(&[("immutable", "0"), ("mode", "rwc"), ("cache", "private"), ("_sync", "FULL")]), None).is_ok());
         assert!(msg(parse(&with(&[("node", "1"), ("timeout_ms", "5")]).into_iter().chain([("timeout_ms", "6")]).collect::<Vec<_>>(), None)).contains("'timeout_ms'"));
     }
 }

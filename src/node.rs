@@ -269,6 +269,9 @@ fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
 
 impl Database {
     fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
+        if cfg.peers.is_none() && !cfg.data.join("log").exists() {
+            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
+        }
         let lock = lock_data_dir(&cfg.data, cfg.node)?;
         let log = LogStore::open(&cfg.data.join("log"))
             .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;

@@ -39,11 +39,13 @@
 //! INVARIANTS
 //!
 //! 1. No holes: the entries are consecutive, and append accepts only the index after the last
-//!    entry (or after the purge point when the log is empty).
+//!    entry, or after the purge point when the log is empty (an empty log that was never purged
+//!    may start at any index).
 //! 2. An entry is acknowledged (`LogFlushed` called with Ok) only after `sync_data` on every
 //!    segment its append wrote, and on the directory if the append created a segment. Before a new
-//!    segment is created the previous one is synced inline, so only the last segment can ever have
-//!    an unsynced tail: this is what makes the "invalid record means torn tail" rule above sound.
+//!    segment is created the previous one and the directory are synced inline (once per segment),
+//!    so only the last segment can ever have an unsynced tail or name: this is what makes the
+//!    "invalid record means torn tail" rule above sound.
 //! 3. After a failed write or fsync the store refuses further writes until it is reopened: after a
 //!    failed fsync the page cache is no longer trustworthy, and a retried fsync may "succeed".
 //! 4. Purge never goes past what the caller asks: only entries <= its log id are hidden, and only
@@ -57,7 +59,7 @@
 //! BOUNDS
 //!
 //! A record payload is at most MAX_RECORD_BYTES; a larger length field is corruption and append
-//! refuses a larger entry. The index costs about 56 bytes of memory per entry (no entry bytes).
+//! refuses a larger entry. The index costs about 40 bytes of memory per entry (no entry bytes).
 //! At most FLUSH_QUEUE appends wait for their fsync; the next append then blocks its caller until
 //! the flusher catches up. `limited_get_log_entries` returns at most READ_BUDGET bytes of entries
 //! (but always at least one).
@@ -142,8 +144,20 @@ fn corrupt(what: impl Display, why: impl Display) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, format!("raft log: {what}: {why}"))
 }
 
+/// A request the store turns down without touching the disk state (no failure, invariant 3).
+#[derive(Debug)]
+struct Refused(String);
+
+impl Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "raft log: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 fn refuse(why: String) -> io::Error {
-    io::Error::new(ErrorKind::InvalidInput, format!("raft log: {why}"))
+    io::Error::new(ErrorKind::InvalidInput, Refused(why))
 }
 
 fn storage_err(verb: ErrorVerb, e: io::Error) -> StorageError {
@@ -168,16 +182,19 @@ fn encode_record<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A record header: (payload length, payload crc).
+fn header(h: [u8; HEADER]) -> (u32, u32) {
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    (word(0), word(4))
+}
+
 /// Checks the record at the start of `bytes` and returns its payload.
 fn decode_record(bytes: &[u8]) -> Result<&[u8], String> {
-    let word = |at: usize| {
-        bytes
-            .get(at..at + 4)
-            .and_then(|b| Some(u32::from_le_bytes(b.try_into().ok()?)))
-    };
-    let (Some(len), Some(crc)) = (word(0), word(4)) else {
-        return Err("partial record header".into());
-    };
+    let head = bytes
+        .get(..HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("partial record header")?;
+    let (len, crc) = header(head);
     if len == 0 || len > MAX_RECORD_BYTES {
         return Err(format!("bad record length {len}"));
     }
@@ -241,23 +258,16 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Scans a segment: its valid records, where they end, and the first invalid record, if any.
 fn scan_segment(file: &File, first: u64) -> io::Result<(Vec<Loc>, u64, Option<String>)> {
     let file_len = file.metadata()?.len();
-    let (mut off, mut locs, mut buf) = (0u64, Vec::new(), vec![0u8; HEADER]);
+    let (mut off, mut locs, mut buf) = (0u64, Vec::new(), Vec::new());
     while off < file_len {
-        let avail = file_len - off;
-        buf.resize(HEADER.min(avail as usize), 0);
-        file.read_exact_at(&mut buf, off)?;
-        let len = match decode_record(&buf) {
-            Err(why) if buf.len() < HEADER || why.starts_with("bad") => {
-                return Ok((locs, off, Some(why)))
-            }
-            _ => u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        let Some(avail) = (file_len - off).checked_sub(HEADER as u64) else {
+            return Ok((locs, off, Some("partial record header".into())));
         };
-        if u64::from(len) > avail - HEADER as u64 {
-            return Ok((
-                locs,
-                off,
-                Some(format!("record of {len} bytes past the end")),
-            ));
+        let mut head = [0u8; HEADER];
+        file.read_exact_at(&mut head, off)?;
+        let (len, _) = header(head);
+        if len == 0 || len > MAX_RECORD_BYTES || u64::from(len) > avail {
+            return Ok((locs, off, Some(format!("bad record length {len}"))));
         }
         buf.resize(HEADER + len as usize, 0);
         file.read_exact_at(&mut buf, off)?;
@@ -426,7 +436,8 @@ impl LogStore {
                     ));
                 }
                 let cut = file.metadata()?.len() - valid_len;
-                tracing::warn!("raft log: {}: {why} at offset {valid_len}: cutting off {cut} unacknowledged bytes", path.display());
+                let path = path.display();
+                tracing::warn!("raft log: {path}: {why} at offset {valid_len}: cut {cut} bytes");
                 file.set_len(valid_len)?;
                 file.sync_data()?;
             }
@@ -526,7 +537,7 @@ impl LogStore {
         }
         let r = step(&mut st, &self.inner);
         if r.as_ref()
-            .is_err_and(|e| e.kind() != ErrorKind::InvalidInput)
+            .is_err_and(|e| e.get_ref().is_none_or(|e| !e.is::<Refused>()))
         {
             self.inner.failed.store(true, SeqCst);
         }
@@ -545,7 +556,7 @@ impl LogStore {
                 // Invariant 1 (an empty log that was never purged may start anywhere).
                 if let Some(expected) = st
                     .last_log_id()
-                    .map(|l| l.index + 1)
+                    .map(|l| l.index.saturating_add(1))
                     .filter(|x| *x != index)
                 {
                     return Err(refuse(format!(
@@ -559,7 +570,8 @@ impl LogStore {
                     .is_none_or(|(_, s)| s.len >= inner.segment_limit)
                 {
                     if let Some((_, prev)) = st.segments.last_key_value() {
-                        prev.file.sync_data()?; // invariant 2
+                        prev.file.sync_data()?; // invariant 2, for the data and the file's name
+                        sync_dir(&inner.dir)?;
                     }
                     let path = inner.dir.join(segment_name(index));
                     let file = OpenOptions::new()
@@ -645,10 +657,10 @@ impl LogStore {
     }
 
     /// Reports a failed append to openraft both ways: through the callback and the result.
-    fn fail_append(callback: LogFlushed<TypeConfig>, e: io::Error) -> Result<(), StorageError> {
+    fn fail_append(callback: LogFlushed<TypeConfig>, e: io::Error) -> StorageError {
         let err = storage_err(ErrorVerb::Write, io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(Err(e));
-        Err(err)
+        err
     }
 }
 
@@ -736,7 +748,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let (files, dir) = match self.write_entries(entries) {
             Ok(sync) => sync,
-            Err(e) => return Self::fail_append(callback, e),
+            Err(e) => return Err(Self::fail_append(callback, e)),
         };
         // Bounded channel: with FLUSH_QUEUE jobs already waiting, this blocks until one is done.
         if let Err(SendError(job)) = self.inner.flush_tx.send(FlushJob {
@@ -745,10 +757,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback,
         }) {
             self.inner.failed.store(true, SeqCst);
-            return Self::fail_append(
-                job.callback,
-                io::Error::other("raft log: flusher thread is gone"),
-            );
+            let e = io::Error::other("raft log: flusher thread is gone");
+            return Err(Self::fail_append(job.callback, e));
         }
         Ok(())
     }
@@ -779,148 +789,153 @@ mod tests {
         blank_ent::<TypeConfig>(term, 1, index)
     }
 
-    fn txn(term: u64, index: u64) -> Entry {
+    /// A transaction entry of about 540 bytes.
+    fn txn(index: u64) -> Entry {
+        let (pgnos, pages) = (vec![1], vec![index as u8; 512]);
         let t = Txn {
             origin: 1,
             txn_id: index,
             base_index: 0,
             page_size: 512,
             db_size: 1,
-            pgnos: vec![1],
-            pages: vec![index as u8; 512],
+            pgnos,
+            pages,
         };
         Entry {
-            log_id: log_id(term, 1, index),
+            log_id: log_id(1, 1, index),
             payload: EntryPayload::Normal(Request::Txn(t)),
         }
     }
 
-    fn ids(entries: &[Entry]) -> Vec<(u64, u64)> {
-        entries
-            .iter()
-            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+    fn txns(r: std::ops::Range<u64>) -> Vec<Entry> {
+        r.map(txn).collect()
+    }
+
+    /// Opens `dir` with 1000-byte segments (two transactions each) and appends `entries`.
+    async fn store_with(dir: &Path, entries: Vec<Entry>) -> LogStore {
+        let mut s = LogStore::open_with_limit(dir, 1000).unwrap();
+        s.blocking_append(entries).await.unwrap();
+        s
+    }
+
+    fn segs(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
             .collect()
     }
 
-    async fn append(s: &mut LogStore, entries: Vec<Entry>) {
-        s.blocking_append(entries).await.unwrap();
-    }
-
-    fn segs(dir: &Path) -> Vec<(u64, PathBuf)> {
-        list_segments(dir).unwrap()
+    fn last_index(s: &LogStore) -> Option<u64> {
+        s.last_log_id().map(|l| l.index)
     }
 
     #[tokio::test]
     async fn append_read_reopen() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(d.path()).unwrap();
-        append(&mut s, (0..10).map(|i| txn(1, i)).collect()).await;
-        assert_eq!(
-            s.try_get_log_entries(3..6).await.unwrap(),
-            vec![txn(1, 3), txn(1, 4), txn(1, 5)]
-        );
-        assert_eq!(s.try_get_log_entries(8..).await.unwrap().len(), 2);
+        let mut s = store_with(d.path(), txns(0..10)).await;
+        assert_eq!(s.try_get_log_entries(3..6).await.unwrap(), txns(3..6));
+        assert_eq!(s.try_get_log_entries(8..).await.unwrap(), txns(8..10));
         assert!(s.try_get_log_entries(10..20).await.unwrap().is_empty());
-        assert!(
-            s.blocking_append(vec![ent(1, 12)]).await.is_err(),
-            "a hole must be refused"
-        );
+        assert!(s.blocking_append(vec![ent(1, 12)]).await.is_err(), "a hole");
         drop(s);
         let mut s = LogStore::open(d.path()).unwrap();
-        assert_eq!(s.last_log_id(), Some(log_id(1, 1, 9)));
+        assert_eq!(s.entries_sync(0, 9).unwrap(), txns(0..10));
+        s.blocking_append(vec![ent(2, 10)]).await.unwrap();
+        let st = s.get_log_state().await.unwrap();
         assert_eq!(
-            s.entries_sync(0, 9).unwrap(),
-            (0..10).map(|i| txn(1, i)).collect::<Vec<_>>()
-        );
-        append(&mut s, vec![ent(2, 10)]).await;
-        assert_eq!(
-            s.get_log_state().await.unwrap().last_log_id,
-            Some(log_id(2, 1, 10))
+            (st.last_purged_log_id, st.last_log_id),
+            (None, Some(log_id(2, 1, 10)))
         );
     }
 
     #[tokio::test]
     async fn torn_tail_is_cut() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(d.path()).unwrap();
-        append(&mut s, (0..5).map(|i| txn(1, i)).collect()).await;
+        drop(store_with(d.path(), txns(0..6)).await); // segments [0,1] [2,3] [4,5]
+        let last = segs(d.path()).pop().unwrap();
+        let good = fs::metadata(&last).unwrap().len();
+        let tails: [&[u8]; 4] = [
+            &[100, 0, 0, 0, 1, 2, 3, 4, 9, 9], // header promising 100 bytes, then 2
+            &[3, 0, 0],                        // partial header
+            &[0; 600],                         // zeros (allocated, never written)
+            &[0xff; 16],                       // length beyond MAX_RECORD_BYTES
+        ];
+        for tail in tails {
+            let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+            f.write_all(tail).unwrap();
+            let s = LogStore::open_with_limit(d.path(), 1000).unwrap();
+            let len = fs::metadata(&last).unwrap().len();
+            assert_eq!((len, last_index(&s)), (good, Some(5)));
+        }
+        // A flipped byte in the last record: that record is cut, and the log goes on from there.
+        let f = OpenOptions::new().write(true).open(&last).unwrap();
+        f.write_all_at(&[0xff], good - 1).unwrap();
+        let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
+        assert_eq!(s.entries_sync(0, 100).unwrap(), txns(0..5));
+        s.blocking_append(txns(5..7)).await.unwrap(); // [4,5] [6]
         drop(s);
-        let path = segs(d.path())[0].1.clone();
-        let good = fs::metadata(&path).unwrap().len();
-        // A partial record: header promising 100 bytes, then only 3.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&[100, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
-        drop(f);
-        let mut s = LogStore::open(d.path()).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), good);
-        assert_eq!(s.last_log_id(), Some(log_id(1, 1, 4)));
-        append(&mut s, vec![ent(1, 5)]).await;
-        drop(s);
-        // A flipped byte in the last record of the last segment: that record is cut.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xff], fs::metadata(&path).unwrap().len() - 1)
-            .unwrap();
-        let s = LogStore::open(d.path()).unwrap();
-        assert_eq!(s.last_log_id(), Some(log_id(1, 1, 4)));
-        assert_eq!(s.entries_sync(0, 100).unwrap().len(), 5);
+        // A last segment whose only record is torn is removed.
+        let next = segs(d.path()).pop().unwrap();
+        assert_ne!(next, last);
+        let f = OpenOptions::new().write(true).open(&next).unwrap();
+        f.set_len(100).unwrap();
+        let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
+        assert_eq!(last_index(&s), Some(5));
+        assert!(!segs(d.path()).contains(&next));
+        s.blocking_append(txns(6..7)).await.unwrap();
+        assert_eq!(s.entries_sync(0, 100).unwrap(), txns(0..7));
     }
 
     #[tokio::test]
-    async fn corruption_before_the_tail_fails_open() {
+    async fn defects_before_the_tail_fail_open() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
-        append(&mut s, (0..20).map(|i| txn(1, i)).collect()).await;
-        drop(s);
+        drop(store_with(d.path(), txns(0..20)).await);
         let files = segs(d.path());
-        assert!(files.len() >= 3);
-        let f = OpenOptions::new().write(true).open(&files[0].1).unwrap();
+        assert!(files.len() >= 5);
+        let f = OpenOptions::new().write(true).open(&files[0]).unwrap();
         f.write_all_at(&[0xee], 20).unwrap();
         let e = LogStore::open(d.path()).err().unwrap();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
         // A missing middle segment is a hole.
-        let d2 = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open_with_limit(d2.path(), 1000).unwrap();
-        append(&mut s, (0..20).map(|i| txn(1, i)).collect()).await;
-        drop(s);
-        fs::remove_file(&segs(d2.path())[1].1).unwrap();
-        assert!(LogStore::open(d2.path()).is_err());
+        let d = tempfile::tempdir().unwrap();
+        drop(store_with(d.path(), txns(0..20)).await);
+        fs::remove_file(&segs(d.path())[1]).unwrap();
+        assert_eq!(
+            LogStore::open(d.path()).err().unwrap().kind(),
+            ErrorKind::InvalidData
+        );
     }
 
     #[tokio::test]
     async fn rotation_truncate_then_append() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open_with_limit(d.path(), 1200).unwrap();
+        let mut s = store_with(d.path(), vec![]).await;
         for i in 0..30 {
-            append(&mut s, vec![txn(1, i)]).await;
+            s.blocking_append(vec![txn(i)]).await.unwrap();
         }
-        let files = segs(d.path());
-        assert!(files.len() >= 5, "{files:?}");
-        assert!(files.windows(2).all(|w| w[0].0 < w[1].0) && files[0].0 == 0);
-        // Truncate in the middle of a segment, then at a segment boundary.
-        s.truncate(log_id(1, 1, 17)).await.unwrap();
-        assert_eq!(s.last_log_id(), Some(log_id(1, 1, 16)));
-        let boundary = segs(d.path())[2].0;
-        s.truncate(log_id(1, 1, boundary)).await.unwrap();
-        assert_eq!(segs(d.path()).len(), 2);
-        assert!(s.try_get_log_entries(boundary..).await.unwrap().is_empty());
-        append(
-            &mut s,
-            (boundary..boundary + 3).map(|i| ent(2, i)).collect(),
-        )
-        .await;
+        let firsts: Vec<u64> = list_segments(d.path())
+            .unwrap()
+            .iter()
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(firsts, (0..15).map(|i| i * 2).collect::<Vec<_>>());
+        s.truncate(log_id(1, 1, 17)).await.unwrap(); // mid-segment
+        assert_eq!((last_index(&s), segs(d.path()).len()), (Some(16), 9));
+        s.truncate(log_id(1, 1, 14)).await.unwrap(); // at a segment boundary
+        assert_eq!((last_index(&s), segs(d.path()).len()), (Some(13), 7));
+        assert!(s.try_get_log_entries(14..).await.unwrap().is_empty());
+        s.blocking_append((14..17).map(|i| ent(2, i)))
+            .await
+            .unwrap();
         drop(s);
-        let mut s = LogStore::open_with_limit(d.path(), 1200).unwrap();
+        let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
         let all = s.try_get_log_entries(..).await.unwrap();
-        assert_eq!(all.len() as u64, boundary + 3);
-        assert_eq!(
-            ids(&all[all.len() - 4..]),
-            vec![
-                (1, boundary - 1),
-                (2, boundary),
-                (2, boundary + 1),
-                (2, boundary + 2)
-            ]
-        );
+        let terms: Vec<(u64, u64)> = all
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect();
+        assert_eq!(terms[12..], [(1, 12), (1, 13), (2, 14), (2, 15), (2, 16)]);
         s.truncate(log_id(1, 1, 0)).await.unwrap();
         assert!(segs(d.path()).is_empty() && s.last_log_id().is_none());
     }
@@ -928,53 +943,41 @@ mod tests {
     #[tokio::test]
     async fn purge_then_reopen() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open_with_limit(d.path(), 1200).unwrap();
-        append(&mut s, (0..30).map(|i| txn(1, i)).collect()).await;
-        let before = segs(d.path()).len();
+        let mut s = store_with(d.path(), txns(0..30)).await;
         s.purge(log_id(1, 1, 12)).await.unwrap();
-        assert!(segs(d.path()).len() < before);
-        assert!(segs(d.path())[0].0 <= 13, "purge went past what was asked");
+        // Segments [0,1] .. [10,11] are gone; [12,13] stays, as it holds 13.
+        assert_eq!(list_segments(d.path()).unwrap()[0].0, 12);
         assert!(s.try_get_log_entries(0..13).await.unwrap().is_empty());
-        assert_eq!(
-            s.try_get_log_entries(0..14).await.unwrap(),
-            vec![txn(1, 13)]
-        );
+        assert_eq!(s.try_get_log_entries(0..14).await.unwrap(), txns(13..14));
         drop(s);
-        let mut s = LogStore::open_with_limit(d.path(), 1200).unwrap();
+        let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
         let st = s.get_log_state().await.unwrap();
         assert_eq!(
             (st.last_purged_log_id, st.last_log_id),
             (Some(log_id(1, 1, 12)), Some(log_id(1, 1, 29)))
         );
-        assert_eq!(
-            s.entries_sync(0, 100)
-                .unwrap()
-                .first()
-                .map(|e| e.log_id.index),
-            Some(13)
-        );
-        // Past the end (as after a snapshot install): the log becomes empty and continues after it.
+        assert_eq!(s.entries_sync(0, 100).unwrap(), txns(13..30));
+        // Past the end (as after a snapshot install): the log is empty and goes on after it.
         s.purge(log_id(3, 1, 40)).await.unwrap();
         assert!(segs(d.path()).is_empty());
         assert_eq!(s.last_log_id(), Some(log_id(3, 1, 40)));
-        append(&mut s, vec![ent(3, 41)]).await;
+        s.blocking_append(vec![ent(3, 41)]).await.unwrap();
         drop(s);
         let s = LogStore::open(d.path()).unwrap();
         assert_eq!(
-            (s.purged_sync(), s.last_log_id()),
-            (Some(log_id(3, 1, 40)), Some(log_id(3, 1, 41)))
+            (s.purged_sync(), last_index(&s)),
+            (Some(log_id(3, 1, 40)), Some(41))
         );
     }
 
     #[tokio::test]
     async fn vote_and_committed_persist() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(d.path()).unwrap();
+        let mut s = store_with(d.path(), (0..5).map(|i| ent(1, i)).collect::<Vec<_>>()).await;
         assert_eq!(s.read_vote().await.unwrap(), None);
-        append(&mut s, (0..5).map(|i| ent(1, i)).collect()).await;
         s.save_vote(&Vote::new(3, 2)).await.unwrap();
         s.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
-        s.save_committed(Some(log_id(1, 1, 3))).await.unwrap(); // a shorter record over a longer one
+        s.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
         drop(s);
         let mut s = LogStore::open(d.path()).unwrap();
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
@@ -983,14 +986,16 @@ mod tests {
         s.truncate(log_id(1, 1, 2)).await.unwrap();
         drop(s);
         // committed beyond the log is clamped; a torn committed file reads as None.
-        let s = LogStore::open(d.path()).unwrap();
-        assert_eq!(s.read_committed_sync(), Some(log_id(1, 1, 1)));
+        assert_eq!(
+            LogStore::open(d.path()).unwrap().read_committed_sync(),
+            Some(log_id(1, 1, 1))
+        );
         fs::write(d.path().join(COMMITTED), [7, 0, 0, 0, 1]).unwrap();
         assert_eq!(
             LogStore::open(d.path()).unwrap().read_committed_sync(),
             None
         );
-        // A corrupt vote is not guessed at.
+        // A damaged vote is not guessed at.
         fs::write(d.path().join(VOTE), [7, 0, 0, 0, 1]).unwrap();
         assert!(LogStore::open(d.path()).is_err());
     }
@@ -1107,8 +1112,8 @@ mod tests {
     }
 
     /// openraft's conformance suite, case by case as `Suite::test_store` runs it, except
-    /// `get_initial_state_membership_from_log_and_sm`: it appends index 3 right after index 1,
-    /// a hole this store refuses by design.
+    /// `get_initial_state_membership_from_log_and_sm`: after `get_initial_state` has purged the
+    /// log up to 2 it appends index 1, then index 3 after 1; this store refuses both (invariant 1).
     #[test]
     fn openraft_storage_suite() {
         type S = Suite<TypeConfig, LogStore, Sm, Builder, tempfile::TempDir>;
