@@ -1,1 +1,3 @@
-fn main() { println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete"); }
+fn main() {
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+}

@@ -19,8 +19,20 @@ const SQLITE_KEYS: &[&str] = &["vfs", "mode", "cache", "psow", "modeof"];
 const REFUSED_SQLITE_KEYS: &[&str] = &["immutable", "nolock"];
 /// Our keys.
 const KEYS: &[&str] = &[
-    "node", "peers", "listen", "secret", "secret_file", "tls_ca", "tls_cert", "tls_key", "ack", "timeout_ms",
-    "data", "election_ms", "heartbeat_ms", "config",
+    "node",
+    "peers",
+    "listen",
+    "secret",
+    "secret_file",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "ack",
+    "timeout_ms",
+    "data",
+    "election_ms",
+    "heartbeat_ms",
+    "config",
 ];
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
@@ -62,7 +74,11 @@ pub struct Peer {
 pub enum Auth {
     /// The shared secret itself (read from `secret_file` when that was given).
     Secret(String),
-    Tls { ca: PathBuf, cert: PathBuf, key: PathBuf },
+    Tls {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +107,11 @@ pub struct Sources<'a> {
 
 /// Name of the TOML file the URI or environment points at, if any.
 pub fn config_file_path(uri: &[(String, String)], env: Option<String>) -> Option<String> {
-    uri.iter().find(|(k, _)| k == "config").map(|(_, v)| v.clone()).or(env).filter(|s| !s.is_empty())
+    uri.iter()
+        .find(|(k, _)| k == "config")
+        .map(|(_, v)| v.clone())
+        .or(env)
+        .filter(|s| !s.is_empty())
 }
 
 fn toml_to_map(path: &str, text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -110,15 +130,25 @@ fn toml_to_map(path: &str, text: &str) -> Result<BTreeMap<String, String>, Confi
                 for item in a {
                     match item {
                         toml::Value::String(s) => parts.push(s),
-                        _ => return err(format!("config file {path}: key '{k}': array items must be strings")),
+                        _ => {
+                            return err(format!(
+                                "config file {path}: key '{k}': array items must be strings"
+                            ))
+                        }
                     }
                 }
                 parts.join(",")
             }
-            _ => return err(format!("config file {path}: key '{k}': unsupported value type")),
+            _ => {
+                return err(format!(
+                    "config file {path}: key '{k}': unsupported value type"
+                ))
+            }
         };
         if k == "config" {
-            return err(format!("config file {path}: key 'config' is only allowed in the URI"));
+            return err(format!(
+                "config file {path}: key 'config' is only allowed in the URI"
+            ));
         }
         out.insert(k, s);
     }
@@ -128,14 +158,21 @@ fn toml_to_map(path: &str, text: &str) -> Result<BTreeMap<String, String>, Confi
 fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     match v.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(n) => err(format!("bad value for '{key}': {n} is outside {min}..={max}")),
-        Err(_) => err(format!("bad value for '{key}': '{v}' is not a whole number")),
+        Ok(n) => err(format!(
+            "bad value for '{key}': {n} is outside {min}..={max}"
+        )),
+        Err(_) => err(format!(
+            "bad value for '{key}': '{v}' is not a whole number"
+        )),
     }
 }
 
 /// Checks `host:port` (host: IPv4, bracketed IPv6, or a DNS name).
 fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
-    if addr.parse::<std::net::SocketAddr>().is_ok() {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        if sa.port() == 0 {
+            return err(format!("bad value for '{key}': '{addr}' has no valid port"));
+        }
         return Ok(());
     }
     let Some((host, port)) = addr.rsplit_once(':') else {
@@ -146,9 +183,13 @@ fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
     }
     let ok_host = !host.is_empty()
         && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !ok_host {
-        return err(format!("bad value for '{key}': '{addr}' has an invalid host"));
+        return err(format!(
+            "bad value for '{key}': '{addr}' has an invalid host"
+        ));
     }
     Ok(())
 }
@@ -157,7 +198,9 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
     let mut peers: Vec<Peer> = Vec::new();
     for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((id, addr)) = item.split_once('@') else {
-            return err(format!("bad value for 'peers': '{item}' is not id@host:port"));
+            return err(format!(
+                "bad value for 'peers': '{item}' is not id@host:port"
+            ));
         };
         let id = parse_u64("peers", id, 1, u64::MAX)?;
         check_addr("peers", addr)?;
@@ -165,9 +208,14 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
             return err(format!("bad value for 'peers': node id {id} appears twice"));
         }
         if peers.iter().any(|p| p.addr == addr) {
-            return err(format!("bad value for 'peers': address {addr} appears twice"));
+            return err(format!(
+                "bad value for 'peers': address {addr} appears twice"
+            ));
         }
-        peers.push(Peer { id, addr: addr.to_string() });
+        peers.push(Peer {
+            id,
+            addr: addr.to_string(),
+        });
     }
     if peers.is_empty() {
         return err("bad value for 'peers': empty list");
@@ -176,7 +224,10 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
 }
 
 fn truthy(v: &str) -> bool {
-    !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "no" | "false" | "off")
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "no" | "false" | "off"
+    )
 }
 
 impl Config {
@@ -194,7 +245,9 @@ impl Config {
         for (k, v) in &src.uri {
             if REFUSED_SQLITE_KEYS.contains(&k.as_str()) {
                 if truthy(v) {
-                    return err(format!("URI flag '{k}' is not allowed on a replicated database"));
+                    return err(format!(
+                        "URI flag '{k}' is not allowed on a replicated database"
+                    ));
                 }
                 continue;
             }
@@ -221,7 +274,9 @@ impl Config {
             Some(v) => {
                 let peers = parse_peers(v)?;
                 if !peers.iter().any(|p| p.id == node) {
-                    return err(format!("bad value for 'peers': this node ({node}) is not in the list"));
+                    return err(format!(
+                        "bad value for 'peers': this node ({node}) is not in the list"
+                    ));
                 }
                 Some(peers)
             }
@@ -280,7 +335,11 @@ impl Config {
         let ack = match get("ack") {
             None | Some("apply") => Ack::Apply,
             Some("commit") => Ack::Commit,
-            Some(v) => return err(format!("bad value for 'ack': '{v}' (expected 'apply' or 'commit')")),
+            Some(v) => {
+                return err(format!(
+                    "bad value for 'ack': '{v}' (expected 'apply' or 'commit')"
+                ))
+            }
         };
         let timeout_ms = match get("timeout_ms") {
             Some(v) => parse_u64("timeout_ms", v, 1, MAX_TIMEOUT_MS)?,
@@ -308,12 +367,24 @@ impl Config {
                 PathBuf::from(p)
             }
         };
-        Ok(Config { node, peers, listen, auth, ack, timeout_ms, data, election_ms, heartbeat_ms })
+        Ok(Config {
+            node,
+            peers,
+            listen,
+            auth,
+            ack,
+            timeout_ms,
+            data,
+            election_ms,
+            heartbeat_ms,
+        })
     }
 
     /// This node's entry in `peers`.
     pub fn own_peer(&self) -> Option<&Peer> {
-        self.peers.as_ref().and_then(|p| p.iter().find(|p| p.id == self.node))
+        self.peers
+            .as_ref()
+            .and_then(|p| p.iter().find(|p| p.id == self.node))
     }
 }
 
@@ -334,7 +405,10 @@ mod tests {
         };
         let src = Sources {
             db_path: Path::new("/d/app.db"),
-            uri: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            uri: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             toml: toml.map(|t| ("/c.toml".to_string(), t.to_string())),
             read_file: &read,
         };
@@ -342,7 +416,12 @@ mod tests {
     }
 
     fn base() -> Vec<(&'static str, &'static str)> {
-        vec![("vfs", "replicated"), ("node", "1"), ("peers", "1@127.0.0.1:7001"), ("secret", SECRET)]
+        vec![
+            ("vfs", "replicated"),
+            ("node", "1"),
+            ("peers", "1@127.0.0.1:7001"),
+            ("secret", SECRET),
+        ]
     }
 
     fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
@@ -368,40 +447,68 @@ mod tests {
         assert_eq!(c.ack, Ack::Apply);
         assert_eq!(c.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(c.data, PathBuf::from("/d/app.db-raft"));
-        assert_eq!(c.own_peer().map(|p| p.addr.as_str()), Some("127.0.0.1:7001"));
+        assert_eq!(
+            c.own_peer().map(|p| p.addr.as_str()),
+            Some("127.0.0.1:7001")
+        );
     }
 
     #[test]
     fn every_key_error_names_the_key() {
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-            (base().into_iter().filter(|(k, _)| *k != "node").collect(), "'node'"),
+            (
+                base().into_iter().filter(|(k, _)| *k != "node").collect(),
+                "'node'",
+            ),
             (with(&[("node", "0")]), "'node'"),
             (with(&[("node", "x")]), "'node'"),
             (with(&[("peers", "1@nohostport")]), "'peers'"),
             (with(&[("peers", "2@127.0.0.1:7002")]), "'peers'"),
-            (with(&[("peers", "1@127.0.0.1:7001,1@127.0.0.1:7002")]), "'peers'"),
+            (
+                with(&[("peers", "1@127.0.0.1:7001,1@127.0.0.1:7002")]),
+                "'peers'",
+            ),
             (with(&[("peers", "1@127.0.0.1:0")]), "'peers'"),
             (with(&[("listen", "bad")]), "'listen'"),
             (with(&[("secret", "short")]), "'secret'"),
-            (base().into_iter().filter(|(k, _)| *k != "secret").collect(), "'secret'"),
+            (
+                base().into_iter().filter(|(k, _)| *k != "secret").collect(),
+                "'secret'",
+            ),
             (with(&[("secret_file", "/k")]), "'secret_file'"),
             (
-                base().into_iter().filter(|(k, _)| *k != "secret").chain([("secret_file", "/missing")]).collect(),
+                base()
+                    .into_iter()
+                    .filter(|(k, _)| *k != "secret")
+                    .chain([("secret_file", "/missing")])
+                    .collect(),
                 "'secret_file'",
             ),
             (
-                base().into_iter().filter(|(k, _)| *k != "secret").chain([("secret_file", "/short")]).collect(),
+                base()
+                    .into_iter()
+                    .filter(|(k, _)| *k != "secret")
+                    .chain([("secret_file", "/short")])
+                    .collect(),
                 "'secret_file'",
             ),
             (
-                base().into_iter().filter(|(k, _)| *k != "secret").chain([("tls_ca", "/pem")]).collect(),
+                base()
+                    .into_iter()
+                    .filter(|(k, _)| *k != "secret")
+                    .chain([("tls_ca", "/pem")])
+                    .collect(),
                 "'tls_cert'",
             ),
             (
                 base()
                     .into_iter()
                     .filter(|(k, _)| *k != "secret")
-                    .chain([("tls_ca", "/pem"), ("tls_cert", "/pem"), ("tls_key", "/nope")])
+                    .chain([
+                        ("tls_ca", "/pem"),
+                        ("tls_cert", "/pem"),
+                        ("tls_key", "/nope"),
+                    ])
                     .collect(),
                 "'tls_key'",
             ),
@@ -410,7 +517,10 @@ mod tests {
             (with(&[("timeout_ms", "0")]), "'timeout_ms'"),
             (with(&[("timeout_ms", "soon")]), "'timeout_ms'"),
             (with(&[("data", "")]), "'data'"),
-            (with(&[("election_ms", "100"), ("heartbeat_ms", "50")]), "'election_ms'"),
+            (
+                with(&[("election_ms", "100"), ("heartbeat_ms", "50")]),
+                "'election_ms'",
+            ),
             (with(&[("heartbeat_ms", "1")]), "'heartbeat_ms'"),
             (with(&[("bogus", "1")]), "'bogus'"),
             (with(&[("immutable", "1")]), "'immutable'"),
@@ -418,22 +528,35 @@ mod tests {
         ];
         for (pairs, key) in cases {
             let m = msg(parse(&pairs, None));
-            assert!(m.contains(key), "{pairs:?}: message {m:?} does not name {key}");
+            assert!(
+                m.contains(key),
+                "{pairs:?}: message {m:?} does not name {key}"
+            );
         }
     }
 
     #[test]
     fn secret_file_and_tls() {
-        let pairs: Vec<_> =
-            base().into_iter().filter(|(k, _)| *k != "secret").chain([("secret_file", "/k")]).collect();
+        let pairs: Vec<_> = base()
+            .into_iter()
+            .filter(|(k, _)| *k != "secret")
+            .chain([("secret_file", "/k")])
+            .collect();
         let c = parse(&pairs, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.auth, Auth::Secret(SECRET.into()));
         let pairs: Vec<_> = base()
             .into_iter()
             .filter(|(k, _)| *k != "secret")
-            .chain([("tls_ca", "/pem"), ("tls_cert", "/pem"), ("tls_key", "/pem")])
+            .chain([
+                ("tls_ca", "/pem"),
+                ("tls_cert", "/pem"),
+                ("tls_key", "/pem"),
+            ])
             .collect();
-        assert!(matches!(parse(&pairs, None).map(|c| c.auth), Ok(Auth::Tls { .. })));
+        assert!(matches!(
+            parse(&pairs, None).map(|c| c.auth),
+            Ok(Auth::Tls { .. })
+        ));
     }
 
     #[test]
@@ -444,7 +567,8 @@ mod tests {
         let c = parse(&[("vfs", "replicated")], Some(&toml)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.node, c.timeout_ms), (2, 900));
         assert_eq!(c.peers.as_ref().map(Vec::len), Some(2));
-        let c = parse(&[("node", "1"), ("timeout_ms", "50")], Some(&toml)).unwrap_or_else(|e| panic!("{e}"));
+        let c = parse(&[("node", "1"), ("timeout_ms", "50")], Some(&toml))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.node, c.timeout_ms), (1, 50));
         assert!(msg(parse(&[], Some("nod = 1"))).contains("'nod'"));
         assert!(msg(parse(&[], Some("node = "))).contains("/c.toml"));
@@ -453,7 +577,23 @@ mod tests {
 
     #[test]
     fn off_flags_and_sqlite_keys_pass() {
-        assert!(parse(&with(&[("immutable", "0"), ("mode", "rwc"), ("cache", "private"), ("_sync", "FULL")]), None).is_ok());
-        assert!(msg(parse(&with(&[("node", "1"), ("timeout_ms", "5")]).into_iter().chain([("timeout_ms", "6")]).collect::<Vec<_>>(), None)).contains("'timeout_ms'"));
+        assert!(parse(
+            &with(&[
+                ("immutable", "0"),
+                ("mode", "rwc"),
+                ("cache", "private"),
+                ("_sync", "FULL")
+            ]),
+            None
+        )
+        .is_ok());
+        assert!(msg(parse(
+            &with(&[("node", "1"), ("timeout_ms", "5")])
+                .into_iter()
+                .chain([("timeout_ms", "6")])
+                .collect::<Vec<_>>(),
+            None
+        ))
+        .contains("'timeout_ms'"));
     }
 }

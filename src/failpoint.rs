@@ -30,7 +30,9 @@ fn table() -> &'static Option<Mutex<HashMap<String, Point>>> {
         let spec = std::env::var("REPLICATED_FAILPOINTS").ok()?;
         let mut map = HashMap::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let Some((name, act)) = item.split_once('=') else { continue };
+            let Some((name, act)) = item.split_once('=') else {
+                continue;
+            };
             let (nth, act) = match act.split_once('*') {
                 Some((n, a)) => (n.parse().unwrap_or(0), a),
                 None => (0, act),
@@ -41,7 +43,14 @@ fn table() -> &'static Option<Mutex<HashMap<String, Point>>> {
                 "error" => Action::Error,
                 _ => continue,
             };
-            map.insert(name.to_string(), Point { action, nth, passes: 0 });
+            map.insert(
+                name.to_string(),
+                Point {
+                    action,
+                    nth,
+                    passes: 0,
+                },
+            );
         }
         Some(Mutex::new(map))
     })
@@ -52,7 +61,9 @@ pub fn hit(name: &str) -> std::io::Result<()> {
     let Some(t) = table() else { return Ok(()) };
     let action = {
         let mut t = t.lock();
-        let Some(p) = t.get_mut(name) else { return Ok(()) };
+        let Some(p) = t.get_mut(name) else {
+            return Ok(());
+        };
         p.passes += 1;
         if p.nth != 0 && p.passes != p.nth {
             return Ok(());

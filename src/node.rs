@@ -49,7 +49,10 @@ pub struct WriteError {
 
 impl WriteError {
     fn new(code: i32, msg: impl Into<String>) -> WriteError {
-        WriteError { code, msg: format!("replicated: {}", msg.into()) }
+        WriteError {
+            code,
+            msg: format!("replicated: {}", msg.into()),
+        }
     }
     pub fn too_large(n: usize) -> WriteError {
         WriteError::new(
@@ -62,6 +65,33 @@ impl WriteError {
     }
     pub fn io(code: i32, msg: String) -> WriteError {
         WriteError::new(code, format!("commit capture failed: {msg}"))
+    }
+}
+
+/// A one-value channel whose receiver parks without spinning (on 2 cores a spinning waiter
+/// competes with the runtime threads that are about to answer it).
+struct OneShot<T> {
+    slot: Mutex<Option<T>>,
+    ready: Condvar,
+}
+
+impl<T> OneShot<T> {
+    fn new() -> Arc<OneShot<T>> {
+        Arc::new(OneShot { slot: Mutex::new(None), ready: Condvar::new() })
+    }
+    fn put(&self, v: T) {
+        *self.slot.lock() = Some(v);
+        self.ready.notify_one();
+    }
+    fn wait(&self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.slot.lock();
+        while g.is_none() {
+            if self.ready.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+        g.take()
     }
 }
 
@@ -84,8 +114,7 @@ pub struct Database {
     raft: Raft<TypeConfig>,
     sm: Arc<SmShared>,
     log: LogStore,
-    view: Mutex<View>,
-    view_changed: Condvar,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
     next_txn_id: AtomicU64,
     pid: u32,
     _lock: std::fs::File,
@@ -112,7 +141,11 @@ fn init_logging() {
     ONCE.get_or_init(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("REPLICATED_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
     });
 }
 
@@ -139,23 +172,37 @@ fn run_blocking<T: Send + 'static>(
     rt.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv_timeout(timeout).map_err(|_| "timed out".to_string())
+    rx.recv_timeout(timeout)
+        .map_err(|_| "timed out".to_string())
 }
 
 /// Opens (or finds) the node for the database at `path`. Called from the VFS's xOpen.
-pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) -> Result<Arc<Database>, String> {
+pub fn open_database(
+    path: &str,
+    uri: Vec<(String, String)>,
+    _readonly: bool,
+) -> Result<Arc<Database>, String> {
     init_logging();
     let env = std::env::var("REPLICATED_CONFIG").ok();
     let toml = match crate::config::config_file_path(&uri, env) {
         Some(p) => match std::fs::read_to_string(&p) {
             Ok(t) => Some((p, t)),
-            Err(e) => return Err(format!("replicated: bad value for 'config': cannot read {p}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "replicated: bad value for 'config': cannot read {p}: {e}"
+                ))
+            }
         },
         None => None,
     };
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    let cfg = Config::parse(&Sources { db_path: Path::new(path), uri, toml, read_file: &read })
-        .map_err(|e| e.to_string())?;
+    let cfg = Config::parse(&Sources {
+        db_path: Path::new(path),
+        uri,
+        toml,
+        read_file: &read,
+    })
+    .map_err(|e| e.to_string())?;
     let mut reg = registry().lock();
     if let Some(db) = reg.get(path) {
         if db.cfg.node != cfg.node || db.cfg.data != cfg.data {
@@ -167,9 +214,11 @@ pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) ->
             ));
         }
         if db.pid != std::process::id() {
-            return Err("replicated: this process was forked after opening the database; \
+            return Err(
+                "replicated: this process was forked after opening the database; \
                         the child cannot run the same node"
-                .into());
+                    .into(),
+            );
         }
         return Ok(db.clone());
     }
@@ -207,7 +256,8 @@ fn genesis_page() -> Vec<u8> {
 /// Makes sure the database file exists and is in WAL mode before SQLite opens it.
 fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
     use std::io::{Read, Seek, Write};
-    let e = |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
+    let e =
+        |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -220,18 +270,29 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
         if has_history && crate::reconcile::sibling(path, "-wal").exists() {
             // The WAL holds the history on top of genesis: recreate genesis below it.
         }
-        f.write_all(&genesis_page()).map_err(|x| e("writing the initial page", x))?;
+        f.write_all(&genesis_page())
+            .map_err(|x| e("writing the initial page", x))?;
         f.sync_all().map_err(|x| e("syncing", x))?;
         if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|x| e("syncing the directory", x))?;
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|x| e("syncing the directory", x))?;
         }
         return Ok(());
     }
     let mut hdr = [0u8; 100];
-    f.read_exact(&mut hdr).map_err(|x| e("not a SQLite database (short header)", x))?;
+    f.read_exact(&mut hdr)
+        .map_err(|x| e("not a SQLite database (short header)", x))?;
     if &hdr[..16] != b"SQLite format 3\0" {
-        return Err(format!("replicated: {}: file is not a SQLite database", path.display()));
+        return Err(format!(
+            "replicated: {}: file is not a SQLite database",
+            path.display()
+        ));
     }
     if hdr[18] != 2 || hdr[19] != 2 {
         if crate::reconcile::sibling(path, "-journal").exists() {
@@ -241,15 +302,22 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
             ));
         }
         // An existing rollback-mode database becomes this cluster's initial state, in WAL mode.
-        f.seek(std::io::SeekFrom::Start(18)).map_err(|x| e("seek", x))?;
-        f.write_all(&[2, 2]).map_err(|x| e("switching to WAL mode", x))?;
+        f.seek(std::io::SeekFrom::Start(18))
+            .map_err(|x| e("seek", x))?;
+        f.write_all(&[2, 2])
+            .map_err(|x| e("switching to WAL mode", x))?;
         f.sync_all().map_err(|x| e("syncing", x))?;
     }
     Ok(())
 }
 
 fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("replicated: cannot create data directory {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "replicated: cannot create data directory {}: {e}",
+            dir.display()
+        )
+    })?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -270,22 +338,40 @@ fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
 impl Database {
     fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
         if cfg.peers.is_none() && !cfg.data.join("log").exists() {
-            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
+            return Err(
+                "replicated: missing required parameter 'peers' (required on a node's first start)"
+                    .into(),
+            );
         }
         let lock = lock_data_dir(&cfg.data, cfg.node)?;
-        let log = LogStore::open(&cfg.data.join("log"))
-            .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;
-        let (store, loaded) = AppliedStore::open(&cfg.data)
-            .map_err(|e| format!("replicated: cannot open the applied-state record in {}: {e}", cfg.data.display()))?;
+        let log = LogStore::open(&cfg.data.join("log")).map_err(|e| {
+            format!(
+                "replicated: cannot open the Raft log in {}: {e}",
+                cfg.data.display()
+            )
+        })?;
+        let (store, loaded) = AppliedStore::open(&cfg.data).map_err(|e| {
+            format!(
+                "replicated: cannot open the applied-state record in {}: {e}",
+                cfg.data.display()
+            )
+        })?;
         let fresh = log.last_log_id().is_none() && loaded.marker.applied.is_none();
         if fresh && cfg.peers.is_none() {
-            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
+            return Err(
+                "replicated: missing required parameter 'peers' (required on a node's first start)"
+                    .into(),
+            );
         }
         prepare_db_file(&path, !fresh)?;
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
         let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial)?;
         if rec.replayed > 0 {
-            tracing::info!("replicated: replayed {} transaction(s) from the Raft log into {}", rec.replayed, path.display());
+            tracing::info!(
+                "replicated: replayed {} transaction(s) from the Raft log into {}",
+                rec.replayed,
+                path.display()
+            );
         }
         let sm = SmShared::new(cfg.node, store, rec.applied, rec.last_txn, rec.membership);
 
@@ -309,68 +395,59 @@ impl Database {
         .map_err(|e| format!("replicated: starting Raft: {e}"))?;
 
         if fresh {
-            let members: BTreeMap<NodeId, BasicNode> =
-                cfg.peers.iter().flatten().map(|p| (p.id, BasicNode::new(p.addr.clone()))).collect();
+            let members: BTreeMap<NodeId, BasicNode> = cfg
+                .peers
+                .iter()
+                .flatten()
+                .map(|p| (p.id, BasicNode::new(p.addr.clone())))
+                .collect();
             let r = raft.clone();
-            match run_blocking(async move { r.initialize(members).await }, Duration::from_secs(30)) {
+            match run_blocking(
+                async move { r.initialize(members).await },
+                Duration::from_secs(30),
+            ) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!("replicated: initialize: {e} (already initialized is fine)"),
+                Ok(Err(e)) => {
+                    tracing::info!("replicated: initialize: {e} (already initialized is fine)")
+                }
                 Err(e) => return Err(format!("replicated: initializing the cluster: {e}")),
             }
         }
+        let metrics = raft.metrics();
         let db = Arc::new(Database {
             path,
             cfg,
             raft,
             sm,
             log,
-            view: Mutex::new(View::default()),
-            view_changed: Condvar::new(),
+            metrics,
             next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
             pid: std::process::id(),
             _lock: lock,
         });
-        Database::watch_metrics(&db)?;
         Ok(db)
     }
 
-    /// Mirrors openraft's metrics into `view` so SQLite threads read them without the runtime.
-    fn watch_metrics(db: &Arc<Database>) -> Result<(), String> {
-        let weak = Arc::downgrade(db);
-        let mut rx = db.raft.metrics();
-        runtime()?.spawn(async move {
-            loop {
-                let m = rx.borrow_and_update().clone();
-                let Some(db) = weak.upgrade() else { return };
-                {
-                    let mut v = db.view.lock();
-                    v.state = Some(m.state);
-                    v.term = m.current_term;
-                    v.leader = m.current_leader;
-                    v.last_log = m.last_log_index.unwrap_or(0);
-                    v.applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-                    let mem = m.membership_config.membership();
-                    let voters: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
-                    v.members = mem.nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect();
-                    v.matched = m
-                        .replication
-                        .as_ref()
-                        .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0))).collect())
-                        .unwrap_or_default();
-                    v.shutdown = m.running_state.is_err();
-                }
-                db.view_changed.notify_all();
-                drop(db);
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(())
-    }
-
+    /// The current role, term, leader and progress, read synchronously from openraft's metrics
+    /// (a watch channel: no runtime involved, the borrow is held only while copying).
     pub fn view(&self) -> View {
-        self.view.lock().clone()
+        let m = self.metrics.borrow();
+        let mem = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
+        View {
+            state: Some(m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log: m.last_log_index.unwrap_or(0),
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            members: mem.nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect(),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0))).collect())
+                .unwrap_or_default(),
+            shutdown: m.running_state.is_err(),
+        }
     }
 
     pub fn poison(&self, why: String) {
@@ -379,7 +456,10 @@ impl Database {
 
     fn leader_addr(&self, v: &View) -> Option<String> {
         let id = v.leader?;
-        v.members.iter().find(|(i, _, _)| *i == id).map(|(_, a, _)| format!("{id}@{a}"))
+        v.members
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, a, _)| format!("{id}@{a}"))
     }
 
     /// `id@host:port` of the current leader, if known.
@@ -395,11 +475,15 @@ impl Database {
             return Err(WriteError::new(IOERR_REPLICATION, p));
         }
         if std::process::id() != self.pid {
-            return Err(WriteError::new(ffi::SQLITE_READONLY, "this process was forked: the child cannot write"));
+            return Err(WriteError::new(
+                ffi::SQLITE_READONLY,
+                "this process was forked: the child cannot write",
+            ));
         }
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
-        let mut v = self.view.lock();
+        let mut pause = Duration::from_millis(1);
         loop {
+            let v = self.view();
             if v.shutdown {
                 return Err(WriteError::new(IOERR_REPLICATION, "the Raft node has shut down"));
             }
@@ -418,12 +502,16 @@ impl Database {
                 }
                 _ => {}
             }
-            if self.view_changed.wait_until(&mut v, deadline).timed_out() {
+            // Not ready (election under way, or the new leader still applying): wait, bounded.
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(WriteError::new(
                     IOERR_NO_LEADER,
                     format!("no leader within timeout_ms={} (role {:?}, term {})", self.cfg.timeout_ms, v.state, v.term),
                 ));
             }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 
@@ -442,20 +530,20 @@ impl Database {
             pgnos: cap.pgnos,
             pages: cap.pages,
         };
-        let pending = Arc::new(PendingCommit { txn_id, state: Mutex::new(PendingState::Waiting) });
+        let pending = Arc::new(PendingCommit {
+            txn_id,
+            state: Mutex::new(PendingState::Waiting),
+        });
         *self.sm.pending.lock() = Some(pending.clone());
         let raft = self.raft.clone();
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let spawned = runtime().map(|rt| {
-            rt.spawn(async move {
-                let _ = tx.send(raft.client_write(Request::Txn(txn)).await);
-            })
-        });
+        let slot = OneShot::new();
+        let tx = slot.clone();
+        let spawned = runtime().map(|rt| rt.spawn(async move { tx.put(raft.client_write(Request::Txn(txn)).await) }));
         if let Err(e) = spawned {
             *self.sm.pending.lock() = None;
             return Err(WriteError::new(IOERR_REPLICATION, e));
         }
-        let outcome = rx.recv_timeout(Duration::from_millis(self.cfg.timeout_ms));
+        let outcome = slot.wait(Duration::from_millis(self.cfg.timeout_ms)).ok_or(());
         // Decide under the pending mutex: either the state machine claimed the entry (we must
         // publish it), or we abandon it and the state machine will apply it from the log if Raft
         // commits it anyway.
@@ -516,12 +604,21 @@ impl Database {
     /// A WAL generation ended (header rewritten, truncated, or deleted): every published frame is
     /// in the database file, which SQLite has synced.
     pub fn on_wal_reset(&self) -> Result<(), String> {
-        let m = Marker { applied: self.sm.applied(), last_txn: self.sm.last_txn.load(Ordering::Acquire) };
-        self.sm.store.set_marker(m).map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
+        let m = Marker {
+            applied: self.sm.applied(),
+            last_txn: self.sm.last_txn.load(Ordering::Acquire),
+        };
+        self.sm
+            .store
+            .set_marker(m)
+            .map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
     }
 
     pub fn on_checkpoint_start(&self) -> Result<(), String> {
-        self.sm.store.sync().map_err(|e| format!("replicated: cannot sync applied-state records: {e}"))
+        self.sm
+            .store
+            .sync()
+            .map_err(|e| format!("replicated: cannot sync applied-state records: {e}"))
     }
 
     pub fn last_error_of_node(&self) -> Option<String> {
@@ -529,7 +626,11 @@ impl Database {
     }
 
     pub fn committed_index(&self) -> u64 {
-        self.log.read_committed_sync().map(|c| c.index).unwrap_or(0).max(self.view().applied)
+        self.log
+            .read_committed_sync()
+            .map(|c| c.index)
+            .unwrap_or(0)
+            .max(self.view().applied)
     }
 
     /// `replicated_status()` as JSON.

@@ -51,7 +51,10 @@ pub fn random_salt() -> [u8; 8] {
         let _ = f.read_exact_at(&mut s, 0);
     }
     if s == [0u8; 8] {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(1);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
         s.copy_from_slice(&(t as u64 ^ std::process::id() as u64).to_le_bytes());
     }
     s
@@ -69,8 +72,16 @@ pub struct WalAppender {
 impl WalAppender {
     /// Continue after `commit_frame` (whose checksum is `cksum`) in an existing WAL, or start a new
     /// WAL at the first append when `existing` is None.
-    pub fn open(path: &Path, existing: Option<(WalHeader, u64, (u32, u32))>) -> io::Result<WalAppender> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    pub fn open(
+        path: &Path,
+        existing: Option<(WalHeader, u64, (u32, u32))>,
+    ) -> io::Result<WalAppender> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let (hdr, next_frame, running) = match existing {
             Some((h, f, ck)) => (Some(h), f + 1, ck),
             None => {
@@ -78,7 +89,13 @@ impl WalAppender {
                 (None, 1, (0, 0))
             }
         };
-        Ok(WalAppender { file, hdr, next_frame, running, buf: Vec::new() })
+        Ok(WalAppender {
+            file,
+            hdr,
+            next_frame,
+            running,
+            buf: Vec::new(),
+        })
     }
 
     pub fn append(&mut self, txn: &Txn) -> io::Result<(u64, [u8; 8], (u32, u32))> {
@@ -102,8 +119,10 @@ impl WalAppender {
         let n = txn.pgnos.len();
         for (i, &pg) in txn.pgnos.iter().enumerate() {
             let commit = if i + 1 == n { txn.db_size } else { 0 };
-            self.running = frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
-            self.file.write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
+            self.running =
+                frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
+            self.file
+                .write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
             self.next_frame += 1;
         }
         Ok((self.next_frame - 1, hdr.salt, self.running))
@@ -146,7 +165,9 @@ pub fn reconcile(
     initial_voters: &[NodeId],
 ) -> Result<Reconciled, String> {
     let wal_path = sibling(db_path, "-wal");
-    let err = |what: &str, e: io::Error| format!("replicated: reconciling {}: {what}: {e}", db_path.display());
+    let err = |what: &str, e: io::Error| {
+        format!("replicated: reconciling {}: {what}: {e}", db_path.display())
+    };
     let scanned = scan_file(&wal_path).map_err(|e| err("reading the WAL", e))?;
 
     // 1. The newest record that the WAL vouches for.
@@ -154,7 +175,9 @@ pub fn reconcile(
     if let Some((hdr, commits)) = &scanned {
         for (i, r) in loaded.records.iter().enumerate().rev() {
             if r.salt == hdr.salt
-                && commits.iter().any(|c| c.frame == r.commit_frame && c.cksum == r.cksum && c.db_size == r.db_size)
+                && commits.iter().any(|c| {
+                    c.frame == r.commit_frame && c.cksum == r.cksum && c.db_size == r.db_size
+                })
             {
                 found = Some((i, *r, *hdr));
                 break;
@@ -163,17 +186,32 @@ pub fn reconcile(
     }
     let (mut applied, mut last_txn, mut appender) = match found {
         Some((i, r, hdr)) => {
-            let f = OpenOptions::new().write(true).open(&wal_path).map_err(|e| err("opening the WAL", e))?;
-            f.set_len(hdr.frame_offset(r.commit_frame + 1)).map_err(|e| err("cutting the WAL", e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&wal_path)
+                .map_err(|e| err("opening the WAL", e))?;
+            f.set_len(hdr.frame_offset(r.commit_frame + 1))
+                .map_err(|e| err("cutting the WAL", e))?;
             f.sync_all().map_err(|e| err("syncing the WAL", e))?;
-            store.keep_first(i + 1).map_err(|e| err("trimming records", e))?;
+            store
+                .keep_first(i + 1)
+                .map_err(|e| err("trimming records", e))?;
             let app = WalAppender::open(&wal_path, Some((hdr, r.commit_frame, r.cksum)))
                 .map_err(|e| err("opening the WAL", e))?;
-            (Some(openraft::LogId::new(openraft::CommittedLeaderId::new(r.term, 0), r.index)), r.index, Some(app))
+            (
+                Some(openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(r.term, 0),
+                    r.index,
+                )),
+                r.index,
+                Some(app),
+            )
         }
         None => {
             remove_if_exists(&wal_path).map_err(|e| err("deleting the WAL", e))?;
-            store.keep_first(0).map_err(|e| err("trimming records", e))?;
+            store
+                .keep_first(0)
+                .map_err(|e| err("trimming records", e))?;
             let Marker { applied, last_txn } = loaded.marker;
             (applied, last_txn, None)
         }
@@ -206,7 +244,10 @@ pub fn reconcile(
         let mut i = from;
         while i <= last {
             let hi = (i + REPLAY_BATCH - 1).min(last);
-            for e in log.entries_sync(i, hi).map_err(|e| err("reading the log", e))? {
+            for e in log
+                .entries_sync(i, hi)
+                .map_err(|e| err("reading the log", e))?
+            {
                 if let EntryPayload::Membership(m) = &e.payload {
                     newest = StoredMembership::new(Some(e.log_id), m.clone());
                 }
@@ -222,7 +263,9 @@ pub fn reconcile(
         let mut i = start;
         while i <= end {
             let hi = (i + REPLAY_BATCH - 1).min(end);
-            let entries = log.entries_sync(i, hi).map_err(|e| err("reading the log", e))?;
+            let entries = log
+                .entries_sync(i, hi)
+                .map_err(|e| err("reading the log", e))?;
             if entries.first().map(|e| e.log_id.index) != Some(i) && i <= end {
                 return Err(format!(
                     "replicated: reconciling {}: log entry {i} is missing (purged or lost); this node needs a snapshot",
@@ -235,15 +278,21 @@ pub fn reconcile(
                     EntryPayload::Blank => {}
                     EntryPayload::Membership(m) => {
                         membership = StoredMembership::new(Some(e.log_id), m.clone());
-                        store.save_membership(&membership).map_err(|e| err("saving membership", e))?;
+                        store
+                            .save_membership(&membership)
+                            .map_err(|e| err("saving membership", e))?;
                     }
                     EntryPayload::Normal(Request::Txn(t)) => {
                         if t.validate().is_ok() && t.base_index == last_txn {
                             if appender.is_none() {
-                                appender = Some(WalAppender::open(&wal_path, None).map_err(|e| err("creating the WAL", e))?);
+                                appender = Some(
+                                    WalAppender::open(&wal_path, None)
+                                        .map_err(|e| err("creating the WAL", e))?,
+                                );
                             }
                             if let Some(app) = appender.as_mut() {
-                                let (frame, salt, cksum) = app.append(&t).map_err(|e| err("appending to the WAL", e))?;
+                                let (frame, salt, cksum) =
+                                    app.append(&t).map_err(|e| err("appending to the WAL", e))?;
                                 store
                                     .append(&Record {
                                         index: e.log_id.index,
@@ -271,5 +320,10 @@ pub fn reconcile(
     store.sync().map_err(|e| err("syncing records", e))?;
     failpoint::hit("reconcile.after_replay").map_err(|e| err("failpoint", e))?;
     let _ = WAL_HDR;
-    Ok(Reconciled { applied, last_txn, membership, replayed })
+    Ok(Reconciled {
+        applied,
+        last_txn,
+        membership,
+        replayed,
+    })
 }

@@ -118,7 +118,12 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
 impl AppliedStore {
     pub fn open(dir: &Path) -> io::Result<(AppliedStore, Loaded)> {
         std::fs::create_dir_all(dir)?;
-        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("applied"))?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("applied"))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)?;
         let mut records = Vec::new();
@@ -140,12 +145,23 @@ impl AppliedStore {
         };
         let membership = match std::fs::read(dir.join("membership")) {
             Ok(b) => Some(
-                serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("membership file is corrupt: {e}")))?,
+                serde_json::from_slice(&b)
+                    .map_err(|e| io::Error::other(format!("membership file is corrupt: {e}")))?,
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        Ok((AppliedStore { dir: dir.to_path_buf(), records: Mutex::new((f, len)) }, Loaded { records, marker, membership }))
+        Ok((
+            AppliedStore {
+                dir: dir.to_path_buf(),
+                records: Mutex::new((f, len)),
+            },
+            Loaded {
+                records,
+                marker,
+                membership,
+            },
+        ))
     }
 
     /// Appends a record (page cache only; see the module comment for why that is enough).
@@ -189,7 +205,14 @@ mod tests {
     use super::*;
 
     fn rec(i: u64) -> Record {
-        Record { index: i, term: 2, salt: [i as u8; 8], commit_frame: i * 3, cksum: (7, 9), db_size: 5 }
+        Record {
+            index: i,
+            term: 2,
+            salt: [i as u8; 8],
+            commit_frame: i * 3,
+            cksum: (7, 9),
+            db_size: 5,
+        }
     }
 
     #[test]
@@ -209,12 +232,21 @@ mod tests {
         std::fs::write(&p, &b).unwrap_or_else(|e| panic!("{e}"));
         let (s, l) = AppliedStore::open(d.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.records, vec![rec(1), rec(2)]);
-        let m = Marker { applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(4, 1), 12)), last_txn: 11 };
+        let m = Marker {
+            applied: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(4, 1),
+                12,
+            )),
+            last_txn: 11,
+        };
         s.set_marker(m).unwrap_or_else(|e| panic!("{e}"));
         let (_, l) = AppliedStore::open(d.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(l.records.is_empty());
         assert_eq!(l.marker.last_txn, 11);
-        assert_eq!(l.marker.applied.map(|a| (a.index, a.leader_id.term)), Some((12, 4)));
+        assert_eq!(
+            l.marker.applied.map(|a| (a.index, a.leader_id.term)),
+            Some((12, 4))
+        );
     }
 
     #[test]

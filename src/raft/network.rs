@@ -5,9 +5,7 @@
 use crate::raft::types::{NodeId, TypeConfig};
 use openraft::error::{RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse,
-};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::BasicNode;
 
 pub struct Isolated;
@@ -39,14 +37,20 @@ impl RaftNetwork<TypeConfig> for IsolatedClient {
         &mut self,
         _vote: openraft::Vote<NodeId>,
         _snapshot: openraft::Snapshot<TypeConfig>,
-        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + openraft::OptionalSend + 'static,
+        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed>
+            + openraft::OptionalSend
+            + 'static,
         _option: RPCOption,
-    ) -> Result<openraft::raft::SnapshotResponse<NodeId>, openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>>
-    {
-        Err(openraft::error::StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-            "node {}: no transport in this build",
-            self.0
-        )))))
+    ) -> Result<
+        openraft::raft::SnapshotResponse<NodeId>,
+        openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
+    > {
+        Err(openraft::error::StreamingError::Unreachable(
+            Unreachable::new(&std::io::Error::other(format!(
+                "node {}: no transport in this build",
+                self.0
+            ))),
+        ))
     }
 
     async fn vote(

@@ -18,7 +18,10 @@
 use crate::raft::applied::AppliedStore;
 use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
-use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
+use openraft::{
+    BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
+    StoredMembership,
+};
 use parking_lot::Mutex;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +68,10 @@ impl SmShared {
         Arc::new(SmShared {
             node_id,
             store,
-            state: Mutex::new(SmState { applied, membership }),
+            state: Mutex::new(SmState {
+                applied,
+                membership,
+            }),
             last_txn: AtomicU64::new(last_txn),
             pending: Mutex::new(None),
             poisoned: Mutex::new(None),
@@ -79,7 +85,10 @@ impl SmShared {
     pub fn poison(&self, why: String) {
         let mut p = self.poisoned.lock();
         if p.is_none() {
-            tracing::error!("replicated: node {} stops accepting writes: {why}", self.node_id);
+            tracing::error!(
+                "replicated: node {} stops accepting writes: {why}",
+                self.node_id
+            );
             crate::ffi::sqlite_log(libsqlite3_sys::SQLITE_IOERR, &format!("replicated: {why}"));
             *p = Some(why);
         }
@@ -100,14 +109,21 @@ impl SmShared {
                 let last = self.last_txn.load(Ordering::Acquire);
                 let index = e.log_id.index;
                 if t.validate().is_err() || t.base_index != last {
-                    Response::Stale { index, base_index: t.base_index, last_txn_index: last }
+                    Response::Stale {
+                        index,
+                        base_index: t.base_index,
+                        last_txn_index: last,
+                    }
                 } else {
                     let claimed = t.origin == self.node_id
                         && match self.pending.lock().as_ref() {
                             Some(p) if p.txn_id == t.txn_id => {
                                 let mut s = p.state.lock();
                                 if *s == PendingState::Waiting {
-                                    *s = PendingState::Claimed { index, term: e.log_id.leader_id.term };
+                                    *s = PendingState::Claimed {
+                                        index,
+                                        term: e.log_id.leader_id.term,
+                                    };
                                     true
                                 } else {
                                     false

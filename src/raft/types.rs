@@ -90,7 +90,13 @@ pub enum Request {
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Txn(t) => write!(f, "txn {} from node {} ({} pages)", t.txn_id, t.origin, t.pgnos.len()),
+            Request::Txn(t) => write!(
+                f,
+                "txn {} from node {} ({} pages)",
+                t.txn_id,
+                t.origin,
+                t.pgnos.len()
+            ),
         }
     }
 }
@@ -104,7 +110,11 @@ pub enum Response {
     /// The transaction is part of the database state from this index on.
     Applied { index: u64 },
     /// The transaction was built on another state than the current one (base rule) and was skipped.
-    Stale { index: u64, base_index: u64, last_txn_index: u64 },
+    Stale {
+        index: u64,
+        base_index: u64,
+        last_txn_index: u64,
+    },
 }
 
 openraft::declare_raft_types!(

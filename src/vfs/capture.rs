@@ -59,9 +59,18 @@ pub unsafe fn read_shm_header(main: *mut ffi::sqlite3_file) -> Result<ShmHeader,
         return Err(CaptureError::Io(ffi::SQLITE_IOERR_SHMMAP, "no shm".into()));
     };
     let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
-    let rc = shm_map(main, 0, 32768, 0, &mut p as *mut _ as *mut *mut std::ffi::c_void as _);
+    let rc = shm_map(
+        main,
+        0,
+        32768,
+        0,
+        &mut p as *mut _ as *mut *mut std::ffi::c_void as _,
+    );
     if rc != ffi::SQLITE_OK || p.is_null() {
-        return Err(CaptureError::Io(ffi::SQLITE_IOERR_SHMMAP, format!("wal-index map failed ({rc})")));
+        return Err(CaptureError::Io(
+            ffi::SQLITE_IOERR_SHMMAP,
+            format!("wal-index map failed ({rc})"),
+        ));
     }
     let base = p as *const u32;
     let word = |i: usize| std::ptr::read_volatile(base.add(i));
@@ -69,7 +78,11 @@ pub unsafe fn read_shm_header(main: *mut ffi::sqlite3_file) -> Result<ShmHeader,
     for (i, b) in salt.iter_mut().enumerate() {
         *b = std::ptr::read_volatile((p as *const u8).add(32 + i));
     }
-    Ok(ShmHeader { mx_frame: word(4), frame_cksum: (word(6), word(7)), salt })
+    Ok(ShmHeader {
+        mx_frame: word(4),
+        frame_cksum: (word(6), word(7)),
+        salt,
+    })
 }
 
 /// Reads `buf.len()` bytes at `off` from a wrapped file; false on a short read or error.
@@ -77,7 +90,9 @@ pub unsafe fn read_shm_header(main: *mut ffi::sqlite3_file) -> Result<ShmHeader,
 /// # Safety
 /// `f` must be an open file of the wrapped VFS.
 pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bool {
-    let Some(read) = (*(*f).pMethods).xRead else { return false };
+    let Some(read) = (*(*f).pMethods).xRead else {
+        return false;
+    };
     read(f, buf.as_mut_ptr() as *mut _, buf.len() as i32, off as i64) == ffi::SQLITE_OK
 }
 
@@ -85,17 +100,30 @@ pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bo
 ///
 /// # Safety
 /// Called at the commit sync, with the WAL write lock held by this connection.
-pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file) -> Result<Captured, CaptureError> {
+pub unsafe fn capture(
+    main: *mut ffi::sqlite3_file,
+    wal: *mut ffi::sqlite3_file,
+) -> Result<Captured, CaptureError> {
     let shm = read_shm_header(main)?;
     let mut hb = [0u8; WAL_HDR];
     if !read_at(wal, 0, &mut hb) {
-        return Err(CaptureError::Io(ffi::SQLITE_IOERR_READ, "cannot read the WAL header".into()));
+        return Err(CaptureError::Io(
+            ffi::SQLITE_IOERR_READ,
+            "cannot read the WAL header".into(),
+        ));
     }
     let Some(hdr) = WalHeader::parse(&hb) else {
-        return Err(CaptureError::Io(ffi::SQLITE_IOERR_READ, "invalid WAL header at commit".into()));
+        return Err(CaptureError::Io(
+            ffi::SQLITE_IOERR_READ,
+            "invalid WAL header at commit".into(),
+        ));
     };
     let first = shm.mx_frame as u64 + 1;
-    let mut running = if shm.mx_frame == 0 { hdr.cksum } else { shm.frame_cksum };
+    let mut running = if shm.mx_frame == 0 {
+        hdr.cksum
+    } else {
+        shm.frame_cksum
+    };
     let mut frame = vec![0u8; hdr.frame_size() as usize];
     let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut bytes = 0usize;
@@ -139,7 +167,12 @@ pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file)
                 db_size,
                 pgnos,
                 pages: flat,
-                pos: WalPos { salt: hdr.salt, first_frame: first, commit_frame: n, commit_cksum: ck },
+                pos: WalPos {
+                    salt: hdr.salt,
+                    first_frame: first,
+                    commit_frame: n,
+                    commit_cksum: ck,
+                },
             });
         }
         n += 1;
@@ -152,9 +185,15 @@ pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file)
 ///
 /// # Safety
 /// Called at the commit sync with the write lock held; `wal` is the wrapped WAL file.
-pub unsafe fn invalidate_tail(wal: *mut ffi::sqlite3_file, page_size: u32, first_frame: u64) -> i32 {
+pub unsafe fn invalidate_tail(
+    wal: *mut ffi::sqlite3_file,
+    page_size: u32,
+    first_frame: u64,
+) -> i32 {
     let methods = &*(*wal).pMethods;
-    let (Some(write), Some(sync)) = (methods.xWrite, methods.xSync) else { return ffi::SQLITE_IOERR };
+    let (Some(write), Some(sync)) = (methods.xWrite, methods.xSync) else {
+        return ffi::SQLITE_IOERR;
+    };
     let off = WAL_HDR as u64 + (first_frame.saturating_sub(1)) * (page_size as u64 + 24);
     let zero = [0u8; 24];
     let rc = write(wal, zero.as_ptr() as *const _, 24, off as i64);

@@ -117,7 +117,11 @@ pub fn register() -> Result<(), String> {
             xSleep: Some(v_sleep),
             xCurrentTime: Some(v_current_time),
             xGetLastError: Some(v_get_last_error),
-            xCurrentTimeInt64: if o.iVersion >= 2 { Some(v_current_time64) } else { None },
+            xCurrentTimeInt64: if o.iVersion >= 2 {
+                Some(v_current_time64)
+            } else {
+                None
+            },
             xSetSystemCall: None,
             xGetSystemCall: None,
             xNextSystemCall: None,
@@ -173,13 +177,17 @@ unsafe extern "C" fn v_open(
         ptr::write(
             rf,
             ReplFile {
-                base: ffi::sqlite3_file { pMethods: ptr::null() },
+                base: ffi::sqlite3_file {
+                    pMethods: ptr::null(),
+                },
                 real: (file as *mut u8).add(HDR) as *mut ffi::sqlite3_file,
                 kind: Kind::Other,
                 main: ptr::null_mut(),
             },
         );
-        let Some(x_open) = (*os).xOpen else { return ffi::SQLITE_CANTOPEN };
+        let Some(x_open) = (*os).xOpen else {
+            return ffi::SQLITE_CANTOPEN;
+        };
         let kind = if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
             Kind::Main
         } else if flags & ffi::SQLITE_OPEN_WAL != 0 {
@@ -195,7 +203,11 @@ unsafe extern "C" fn v_open(
             let (db, err) = if internal {
                 (crate::node::registry_get(&path), None)
             } else {
-                match crate::node::open_database(&path, uri_pairs(z_name), flags & ffi::SQLITE_OPEN_READONLY != 0) {
+                match crate::node::open_database(
+                    &path,
+                    uri_pairs(z_name),
+                    flags & ffi::SQLITE_OPEN_READONLY != 0,
+                ) {
                     Ok(db) => (Some(db), None),
                     Err(e) => {
                         sqlite_log(ffi::SQLITE_CANTOPEN, &e);
@@ -237,7 +249,11 @@ unsafe extern "C" fn v_open(
     })
 }
 
-unsafe extern "C" fn v_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
+unsafe extern "C" fn v_delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    z_name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_DELETE, || {
         let os = base();
         if let Some(name) = cstr(z_name) {
@@ -259,16 +275,32 @@ unsafe extern "C" fn v_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char
     })
 }
 
-unsafe extern "C" fn v_access(_v: *mut ffi::sqlite3_vfs, z: *const c_char, fl: c_int, out: *mut c_int) -> c_int {
+unsafe extern "C" fn v_access(
+    _v: *mut ffi::sqlite3_vfs,
+    z: *const c_char,
+    fl: c_int,
+    out: *mut c_int,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_ACCESS, || {
         let os = base();
-        (*os).xAccess.map(|f| f(os, z, fl, out)).unwrap_or(ffi::SQLITE_IOERR_ACCESS)
+        (*os)
+            .xAccess
+            .map(|f| f(os, z, fl, out))
+            .unwrap_or(ffi::SQLITE_IOERR_ACCESS)
     })
 }
-unsafe extern "C" fn v_full_pathname(_v: *mut ffi::sqlite3_vfs, z: *const c_char, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn v_full_pathname(
+    _v: *mut ffi::sqlite3_vfs,
+    z: *const c_char,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     guard(ffi::SQLITE_CANTOPEN, || {
         let os = base();
-        (*os).xFullPathname.map(|f| f(os, z, n, out)).unwrap_or(ffi::SQLITE_CANTOPEN)
+        (*os)
+            .xFullPathname
+            .map(|f| f(os, z, n, out))
+            .unwrap_or(ffi::SQLITE_CANTOPEN)
     })
 }
 unsafe extern "C" fn v_randomness(_v: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
@@ -286,19 +318,32 @@ unsafe extern "C" fn v_sleep(_v: *mut ffi::sqlite3_vfs, us: c_int) -> c_int {
 unsafe extern "C" fn v_current_time(_v: *mut ffi::sqlite3_vfs, t: *mut f64) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let os = base();
-        (*os).xCurrentTime.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
+        (*os)
+            .xCurrentTime
+            .map(|f| f(os, t))
+            .unwrap_or(ffi::SQLITE_ERROR)
     })
 }
-unsafe extern "C" fn v_get_last_error(_v: *mut ffi::sqlite3_vfs, n: c_int, z: *mut c_char) -> c_int {
+unsafe extern "C" fn v_get_last_error(
+    _v: *mut ffi::sqlite3_vfs,
+    n: c_int,
+    z: *mut c_char,
+) -> c_int {
     guard(0, || {
         let os = base();
         (*os).xGetLastError.map(|f| f(os, n, z)).unwrap_or(0)
     })
 }
-unsafe extern "C" fn v_current_time64(_v: *mut ffi::sqlite3_vfs, t: *mut ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn v_current_time64(
+    _v: *mut ffi::sqlite3_vfs,
+    t: *mut ffi::sqlite3_int64,
+) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let os = base();
-        (*os).xCurrentTimeInt64.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
+        (*os)
+            .xCurrentTimeInt64
+            .map(|f| f(os, t))
+            .unwrap_or(ffi::SQLITE_ERROR)
     })
 }
 
@@ -352,7 +397,11 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     guard(ffi::SQLITE_IOERR_CLOSE, || {
         let rf = f as *mut ReplFile;
         let r = (*rf).real;
-        let rc = if !(*r).pMethods.is_null() { forward!(f, xClose, ffi::SQLITE_OK) } else { ffi::SQLITE_OK };
+        let rc = if !(*r).pMethods.is_null() {
+            forward!(f, xClose, ffi::SQLITE_OK)
+        } else {
+            ffi::SQLITE_OK
+        };
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
             drop(Box::from_raw((*rf).main));
         }
@@ -361,7 +410,12 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn x_read(
+    f: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    n: c_int,
+    off: ffi::sqlite3_int64,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_READ, || {
         // Reads stay allowed on a misconfigured handle: opening reads the header, and the open must
         // succeed for the per-connection init to report the configuration error by name.
@@ -369,7 +423,12 @@ unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_in
     })
 }
 
-unsafe extern "C" fn x_write(f: *mut ffi::sqlite3_file, buf: *const c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
+unsafe extern "C" fn x_write(
+    f: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    n: c_int,
+    off: ffi::sqlite3_int64,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_WRITE, || {
         let rf = f as *mut ReplFile;
         if broken(f) {
@@ -448,11 +507,15 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         Ok(()) => ffi::SQLITE_OK,
         Err(e) => {
             // Invalidate first, then report: a crash after this point must not resurrect it.
-            let first = capture::read_shm_header(st.real).map(|h| h.mx_frame as u64 + 1).unwrap_or(1);
+            let first = capture::read_shm_header(st.real)
+                .map(|h| h.mx_frame as u64 + 1)
+                .unwrap_or(1);
             let ps = capture::wal_page_size(wal).unwrap_or(4096);
             let rc = capture::invalidate_tail(wal, ps, first);
             if rc != ffi::SQLITE_OK {
-                db.poison(format!("could not invalidate the WAL tail after a failed commit ({rc})"));
+                db.poison(format!(
+                    "could not invalidate the WAL tail after a failed commit ({rc})"
+                ));
             }
             report(st, e.code, &e.msg);
             e.code
@@ -480,22 +543,34 @@ unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, l: c_int) -> c_int {
     })
 }
 unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, l: c_int) -> c_int {
-    guard(ffi::SQLITE_IOERR_UNLOCK, || forward!(f, xUnlock, ffi::SQLITE_IOERR_UNLOCK, l))
+    guard(ffi::SQLITE_IOERR_UNLOCK, || {
+        forward!(f, xUnlock, ffi::SQLITE_IOERR_UNLOCK, l)
+    })
 }
 unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    guard(ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, || forward!(f, xCheckReservedLock, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, out))
+    guard(ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, || {
+        forward!(
+            f,
+            xCheckReservedLock,
+            ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
+            out
+        )
+    })
 }
 
 /// `PRAGMA name = value` → `Some(message)` when the replicated VFS must refuse it.
 pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
-    let v = value?.trim().trim_matches(|c| c == '\'' || c == '"').to_ascii_lowercase();
+    let v = value?
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_ascii_lowercase();
     match name.to_ascii_lowercase().as_str() {
         "journal_mode" if v != "wal" => Some(format!(
             "replicated: journal_mode={v} refused: a replicated database must stay in WAL mode"
         )),
-        "locking_mode" if v == "exclusive" => {
-            Some("replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into())
-        }
+        "locking_mode" if v == "exclusive" => Some(
+            "replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into(),
+        ),
         "synchronous" if matches!(v.as_str(), "0" | "off" | "1" | "normal") => Some(format!(
             "replicated: synchronous={v} refused: the commit hook needs synchronous=FULL (or EXTRA)"
         )),
@@ -503,7 +578,11 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
     }
 }
 
-unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn x_file_control(
+    f: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let rf = f as *mut ReplFile;
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
@@ -540,7 +619,13 @@ unsafe extern "C" fn x_sector_size(f: *mut ffi::sqlite3_file) -> c_int {
 unsafe extern "C" fn x_device_characteristics(f: *mut ffi::sqlite3_file) -> c_int {
     guard(0, || forward!(f, xDeviceCharacteristics, 0))
 }
-unsafe extern "C" fn x_shm_map(f: *mut ffi::sqlite3_file, pg: c_int, sz: c_int, ext: c_int, pp: *mut *mut c_void) -> c_int {
+unsafe extern "C" fn x_shm_map(
+    f: *mut ffi::sqlite3_file,
+    pg: c_int,
+    sz: c_int,
+    ext: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_SHMMAP, || {
         if broken(f) {
             return ffi::SQLITE_CANTOPEN;
@@ -549,7 +634,12 @@ unsafe extern "C" fn x_shm_map(f: *mut ffi::sqlite3_file, pg: c_int, sz: c_int, 
     })
 }
 
-unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+unsafe extern "C" fn x_shm_lock(
+    f: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_SHMLOCK, || {
         let rf = f as *mut ReplFile;
         if (*rf).kind != Kind::Main || (*rf).main.is_null() {
@@ -577,7 +667,9 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
                     // Tripwire: a commit frame was written but no commit sync was seen, so a
                     // transaction was published without replication (synchronous below FULL?).
                     if let Some(db) = &st.db {
-                        db.poison("a transaction was committed without passing the commit hook".into());
+                        db.poison(
+                            "a transaction was committed without passing the commit hook".into(),
+                        );
                     }
                 }
                 st.commit_pending = false;
@@ -595,9 +687,16 @@ unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
     })
 }
 unsafe extern "C" fn x_shm_unmap(f: *mut ffi::sqlite3_file, del: c_int) -> c_int {
-    guard(ffi::SQLITE_IOERR, || forward!(f, xShmUnmap, ffi::SQLITE_OK, del))
+    guard(ffi::SQLITE_IOERR, || {
+        forward!(f, xShmUnmap, ffi::SQLITE_OK, del)
+    })
 }
-unsafe extern "C" fn x_fetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, n: c_int, pp: *mut *mut c_void) -> c_int {
+unsafe extern "C" fn x_fetch(
+    f: *mut ffi::sqlite3_file,
+    off: ffi::sqlite3_int64,
+    n: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_MMAP, || {
         if rm(f).iVersion < 3 || broken(f) {
             *pp = ptr::null_mut();
@@ -606,7 +705,11 @@ unsafe extern "C" fn x_fetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64,
         forward!(f, xFetch, ffi::SQLITE_OK, off, n, pp)
     })
 }
-unsafe extern "C" fn x_unfetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, p: *mut c_void) -> c_int {
+unsafe extern "C" fn x_unfetch(
+    f: *mut ffi::sqlite3_file,
+    off: ffi::sqlite3_int64,
+    p: *mut c_void,
+) -> c_int {
     guard(ffi::SQLITE_IOERR_MMAP, || {
         if rm(f).iVersion < 3 {
             return ffi::SQLITE_OK;
@@ -624,7 +727,10 @@ mod tests {
         assert!(refused_pragma("journal_mode", Some("delete")).is_some());
         assert!(refused_pragma("JOURNAL_MODE", Some("'memory'")).is_some());
         assert!(refused_pragma("journal_mode", Some("WAL")).is_none());
-        assert!(refused_pragma("journal_mode", None).is_none(), "a query is fine");
+        assert!(
+            refused_pragma("journal_mode", None).is_none(),
+            "a query is fine"
+        );
         assert!(refused_pragma("locking_mode", Some("EXCLUSIVE")).is_some());
         assert!(refused_pragma("locking_mode", Some("normal")).is_none());
         for v in ["0", "off", "1", "NORMAL"] {

@@ -93,13 +93,25 @@ impl WalHeader {
         }
         let mut salt = [0u8; 8];
         salt.copy_from_slice(&b[16..24]);
-        Some(WalHeader { big_endian, page_size, ckpt_seq: be32(b, 12), salt, cksum: ck })
+        Some(WalHeader {
+            big_endian,
+            page_size,
+            ckpt_seq: be32(b, 12),
+            salt,
+            cksum: ck,
+        })
     }
 
     /// A new header in this host's checksum byte order (what SQLite itself would write here).
     pub fn new(page_size: u32, ckpt_seq: u32, salt: [u8; 8]) -> WalHeader {
         let big_endian = cfg!(target_endian = "big");
-        let mut h = WalHeader { big_endian, page_size, ckpt_seq, salt, cksum: (0, 0) };
+        let mut h = WalHeader {
+            big_endian,
+            page_size,
+            ckpt_seq,
+            salt,
+            cksum: (0, 0),
+        };
         let b = h.encode();
         h.cksum = (be32(&b, 24), be32(&b, 28));
         h
@@ -144,14 +156,24 @@ impl FrameHeader {
         }
         let mut salt = [0u8; 8];
         salt.copy_from_slice(&b[8..16]);
-        Some(FrameHeader { pgno: be32(b, 0), db_size: be32(b, 4), salt, cksum: (be32(b, 16), be32(b, 20)) })
+        Some(FrameHeader {
+            pgno: be32(b, 0),
+            db_size: be32(b, 4),
+            salt,
+            cksum: (be32(b, 16), be32(b, 20)),
+        })
     }
 
     /// Verifies `frame` (header + page) against the header's salts and the running checksum;
     /// returns the frame's cumulative checksum when valid.
-    pub fn verify(hdr: &WalHeader, running: (u32, u32), frame: &[u8]) -> Option<(FrameHeader, (u32, u32))> {
+    pub fn verify(
+        hdr: &WalHeader,
+        running: (u32, u32),
+        frame: &[u8],
+    ) -> Option<(FrameHeader, (u32, u32))> {
         let fh = FrameHeader::parse(frame)?;
-        if fh.pgno == 0 || fh.salt != hdr.salt || frame.len() != FRAME_HDR + hdr.page_size as usize {
+        if fh.pgno == 0 || fh.salt != hdr.salt || frame.len() != FRAME_HDR + hdr.page_size as usize
+        {
             return None;
         }
         let ck = checksum(&frame[..8], running, hdr.big_endian);
@@ -212,7 +234,11 @@ pub fn scan(
             Some((fh, ck)) => {
                 running = ck;
                 if fh.db_size != 0 {
-                    commits.push(CommitPoint { frame: n, db_size: fh.db_size, cksum: ck });
+                    commits.push(CommitPoint {
+                        frame: n,
+                        db_size: fh.db_size,
+                        cksum: ck,
+                    });
                 }
             }
             None => break,
@@ -263,7 +289,13 @@ mod tests {
             }
         };
         let (_, commits) = scan(read(&file)).unwrap_or_else(|| panic!("scan"));
-        assert_eq!(commits.iter().map(|c| (c.frame, c.db_size)).collect::<Vec<_>>(), vec![(2, 2), (4, 3)]);
+        assert_eq!(
+            commits
+                .iter()
+                .map(|c| (c.frame, c.db_size))
+                .collect::<Vec<_>>(),
+            vec![(2, 2), (4, 3)]
+        );
         // Corrupt frame 3's page: only the first commit survives.
         let off = h.frame_offset(3) as usize + FRAME_HDR + 7;
         file[off] ^= 1;
@@ -278,7 +310,10 @@ mod tests {
     #[test]
     fn checksum_known_vector() {
         // Little-endian words (1,2) then (3,4): s1=1+0=1, s2=2+1=3; s1=1+3+3=7, s2=3+4+7=14.
-        let d = [1u32, 2, 3, 4].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<_>>();
+        let d = [1u32, 2, 3, 4]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect::<Vec<_>>();
         assert_eq!(checksum(&d, (0, 0), false), (7, 14));
     }
 }
