@@ -130,25 +130,15 @@ fn toml_to_map(path: &str, text: &str) -> Result<BTreeMap<String, String>, Confi
                 for item in a {
                     match item {
                         toml::Value::String(s) => parts.push(s),
-                        _ => {
-                            return err(format!(
-                                "config file {path}: key '{k}': array items must be strings"
-                            ))
-                        }
+                        _ => return err(format!("config file {path}: key '{k}': array items must be strings")),
                     }
                 }
                 parts.join(",")
             }
-            _ => {
-                return err(format!(
-                    "config file {path}: key '{k}': unsupported value type"
-                ))
-            }
+            _ => return err(format!("config file {path}: key '{k}': unsupported value type")),
         };
         if k == "config" {
-            return err(format!(
-                "config file {path}: key 'config' is only allowed in the URI"
-            ));
+            return err(format!("config file {path}: key 'config' is only allowed in the URI"));
         }
         out.insert(k, s);
     }
@@ -158,12 +148,8 @@ fn toml_to_map(path: &str, text: &str) -> Result<BTreeMap<String, String>, Confi
 fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     match v.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(n) => err(format!(
-            "bad value for '{key}': {n} is outside {min}..={max}"
-        )),
-        Err(_) => err(format!(
-            "bad value for '{key}': '{v}' is not a whole number"
-        )),
+        Ok(n) => err(format!("bad value for '{key}': {n} is outside {min}..={max}")),
+        Err(_) => err(format!("bad value for '{key}': '{v}' is not a whole number")),
     }
 }
 
@@ -183,13 +169,9 @@ fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
     }
     let ok_host = !host.is_empty()
         && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !ok_host {
-        return err(format!(
-            "bad value for '{key}': '{addr}' has an invalid host"
-        ));
+        return err(format!("bad value for '{key}': '{addr}' has an invalid host"));
     }
     Ok(())
 }
@@ -198,9 +180,7 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
     let mut peers: Vec<Peer> = Vec::new();
     for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((id, addr)) = item.split_once('@') else {
-            return err(format!(
-                "bad value for 'peers': '{item}' is not id@host:port"
-            ));
+            return err(format!("bad value for 'peers': '{item}' is not id@host:port"));
         };
         let id = parse_u64("peers", id, 1, u64::MAX)?;
         check_addr("peers", addr)?;
@@ -208,9 +188,7 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
             return err(format!("bad value for 'peers': node id {id} appears twice"));
         }
         if peers.iter().any(|p| p.addr == addr) {
-            return err(format!(
-                "bad value for 'peers': address {addr} appears twice"
-            ));
+            return err(format!("bad value for 'peers': address {addr} appears twice"));
         }
         peers.push(Peer {
             id,
@@ -224,10 +202,7 @@ pub fn parse_peers(v: &str) -> Result<Vec<Peer>, ConfigError> {
 }
 
 fn truthy(v: &str) -> bool {
-    !matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "0" | "no" | "false" | "off"
-    )
+    !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "no" | "false" | "off")
 }
 
 impl Config {
@@ -245,9 +220,7 @@ impl Config {
         for (k, v) in &src.uri {
             if REFUSED_SQLITE_KEYS.contains(&k.as_str()) {
                 if truthy(v) {
-                    return err(format!(
-                        "URI flag '{k}' is not allowed on a replicated database"
-                    ));
+                    return err(format!("URI flag '{k}' is not allowed on a replicated database"));
                 }
                 continue;
             }
@@ -274,9 +247,7 @@ impl Config {
             Some(v) => {
                 let peers = parse_peers(v)?;
                 if !peers.iter().any(|p| p.id == node) {
-                    return err(format!(
-                        "bad value for 'peers': this node ({node}) is not in the list"
-                    ));
+                    return err(format!("bad value for 'peers': this node ({node}) is not in the list"));
                 }
                 Some(peers)
             }
@@ -289,7 +260,13 @@ impl Config {
             }
             None => None,
         };
-        let auth = match (get("secret"), get("secret_file"), get("tls_ca"), get("tls_cert"), get("tls_key")) {
+        let auth = match (
+            get("secret"),
+            get("secret_file"),
+            get("tls_ca"),
+            get("tls_cert"),
+            get("tls_key"),
+        ) {
             (Some(_), Some(_), _, _, _) => return err("give only one of 'secret' and 'secret_file'"),
             (s, f, None, None, None) if s.is_some() || f.is_some() => {
                 let secret = match (s, f) {
@@ -302,7 +279,9 @@ impl Config {
                 };
                 if secret.len() < MIN_SECRET_LEN {
                     let key = if s.is_some() { "secret" } else { "secret_file" };
-                    return err(format!("bad value for '{key}': the secret must be at least {MIN_SECRET_LEN} bytes"));
+                    return err(format!(
+                        "bad value for '{key}': the secret must be at least {MIN_SECRET_LEN} bytes"
+                    ));
                 }
                 Auth::Secret(secret)
             }
@@ -312,7 +291,11 @@ impl Config {
                         return err(format!("bad value for '{k}': cannot read {p}: {e}"));
                     }
                 }
-                Auth::Tls { ca: ca.into(), cert: cert.into(), key: key.into() }
+                Auth::Tls {
+                    ca: ca.into(),
+                    cert: cert.into(),
+                    key: key.into(),
+                }
             }
             (_, _, ca, cert, key) if ca.is_some() || cert.is_some() || key.is_some() => {
                 if get("secret").is_some() || get("secret_file").is_some() {
@@ -323,7 +306,10 @@ impl Config {
                     .filter(|(_, v)| v.is_none())
                     .map(|(k, _)| *k)
                     .collect();
-                return err(format!("missing required parameter '{}' (mutual TLS needs all three)", missing.join("', '")));
+                return err(format!(
+                    "missing required parameter '{}' (mutual TLS needs all three)",
+                    missing.join("', '")
+                ));
             }
             _ => {
                 return err(
@@ -335,11 +321,7 @@ impl Config {
         let ack = match get("ack") {
             None | Some("apply") => Ack::Apply,
             Some("commit") => Ack::Commit,
-            Some(v) => {
-                return err(format!(
-                    "bad value for 'ack': '{v}' (expected 'apply' or 'commit')"
-                ))
-            }
+            Some(v) => return err(format!("bad value for 'ack': '{v}' (expected 'apply' or 'commit')")),
         };
         let timeout_ms = match get("timeout_ms") {
             Some(v) => parse_u64("timeout_ms", v, 1, MAX_TIMEOUT_MS)?,
@@ -382,9 +364,7 @@ impl Config {
 
     /// This node's entry in `peers`.
     pub fn own_peer(&self) -> Option<&Peer> {
-        self.peers
-            .as_ref()
-            .and_then(|p| p.iter().find(|p| p.id == self.node))
+        self.peers.as_ref().and_then(|p| p.iter().find(|p| p.id == self.node))
     }
 }
 
@@ -405,10 +385,7 @@ mod tests {
         };
         let src = Sources {
             db_path: Path::new("/d/app.db"),
-            uri: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            uri: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             toml: toml.map(|t| ("/c.toml".to_string(), t.to_string())),
             read_file: &read,
         };
@@ -447,34 +424,22 @@ mod tests {
         assert_eq!(c.ack, Ack::Apply);
         assert_eq!(c.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(c.data, PathBuf::from("/d/app.db-raft"));
-        assert_eq!(
-            c.own_peer().map(|p| p.addr.as_str()),
-            Some("127.0.0.1:7001")
-        );
+        assert_eq!(c.own_peer().map(|p| p.addr.as_str()), Some("127.0.0.1:7001"));
     }
 
     #[test]
     fn every_key_error_names_the_key() {
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-            (
-                base().into_iter().filter(|(k, _)| *k != "node").collect(),
-                "'node'",
-            ),
+            (base().into_iter().filter(|(k, _)| *k != "node").collect(), "'node'"),
             (with(&[("node", "0")]), "'node'"),
             (with(&[("node", "x")]), "'node'"),
             (with(&[("peers", "1@nohostport")]), "'peers'"),
             (with(&[("peers", "2@127.0.0.1:7002")]), "'peers'"),
-            (
-                with(&[("peers", "1@127.0.0.1:7001,1@127.0.0.1:7002")]),
-                "'peers'",
-            ),
+            (with(&[("peers", "1@127.0.0.1:7001,1@127.0.0.1:7002")]), "'peers'"),
             (with(&[("peers", "1@127.0.0.1:0")]), "'peers'"),
             (with(&[("listen", "bad")]), "'listen'"),
             (with(&[("secret", "short")]), "'secret'"),
-            (
-                base().into_iter().filter(|(k, _)| *k != "secret").collect(),
-                "'secret'",
-            ),
+            (base().into_iter().filter(|(k, _)| *k != "secret").collect(), "'secret'"),
             (with(&[("secret_file", "/k")]), "'secret_file'"),
             (
                 base()
@@ -504,11 +469,7 @@ mod tests {
                 base()
                     .into_iter()
                     .filter(|(k, _)| *k != "secret")
-                    .chain([
-                        ("tls_ca", "/pem"),
-                        ("tls_cert", "/pem"),
-                        ("tls_key", "/nope"),
-                    ])
+                    .chain([("tls_ca", "/pem"), ("tls_cert", "/pem"), ("tls_key", "/nope")])
                     .collect(),
                 "'tls_key'",
             ),
@@ -517,10 +478,7 @@ mod tests {
             (with(&[("timeout_ms", "0")]), "'timeout_ms'"),
             (with(&[("timeout_ms", "soon")]), "'timeout_ms'"),
             (with(&[("data", "")]), "'data'"),
-            (
-                with(&[("election_ms", "100"), ("heartbeat_ms", "50")]),
-                "'election_ms'",
-            ),
+            (with(&[("election_ms", "100"), ("heartbeat_ms", "50")]), "'election_ms'"),
             (with(&[("heartbeat_ms", "1")]), "'heartbeat_ms'"),
             (with(&[("bogus", "1")]), "'bogus'"),
             (with(&[("immutable", "1")]), "'immutable'"),
@@ -528,10 +486,7 @@ mod tests {
         ];
         for (pairs, key) in cases {
             let m = msg(parse(&pairs, None));
-            assert!(
-                m.contains(key),
-                "{pairs:?}: message {m:?} does not name {key}"
-            );
+            assert!(m.contains(key), "{pairs:?}: message {m:?} does not name {key}");
         }
     }
 
@@ -547,16 +502,9 @@ mod tests {
         let pairs: Vec<_> = base()
             .into_iter()
             .filter(|(k, _)| *k != "secret")
-            .chain([
-                ("tls_ca", "/pem"),
-                ("tls_cert", "/pem"),
-                ("tls_key", "/pem"),
-            ])
+            .chain([("tls_ca", "/pem"), ("tls_cert", "/pem"), ("tls_key", "/pem")])
             .collect();
-        assert!(matches!(
-            parse(&pairs, None).map(|c| c.auth),
-            Ok(Auth::Tls { .. })
-        ));
+        assert!(matches!(parse(&pairs, None).map(|c| c.auth), Ok(Auth::Tls { .. })));
     }
 
     #[test]
@@ -567,8 +515,7 @@ mod tests {
         let c = parse(&[("vfs", "replicated")], Some(&toml)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.node, c.timeout_ms), (2, 900));
         assert_eq!(c.peers.as_ref().map(Vec::len), Some(2));
-        let c = parse(&[("node", "1"), ("timeout_ms", "50")], Some(&toml))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c = parse(&[("node", "1"), ("timeout_ms", "50")], Some(&toml)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.node, c.timeout_ms), (1, 50));
         assert!(msg(parse(&[], Some("nod = 1"))).contains("'nod'"));
         assert!(msg(parse(&[], Some("node = "))).contains("/c.toml"));

@@ -43,14 +43,7 @@ fn table() -> &'static Option<Mutex<HashMap<String, Point>>> {
                 "error" => Action::Error,
                 _ => continue,
             };
-            map.insert(
-                name.to_string(),
-                Point {
-                    action,
-                    nth,
-                    passes: 0,
-                },
-            );
+            map.insert(name.to_string(), Point { action, nth, passes: 0 });
         }
         Some(Mutex::new(map))
     })

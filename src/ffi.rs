@@ -20,9 +20,7 @@ pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| e.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(
-                "replicated: internal error (panic caught at the FFI boundary): {what}"
-            );
+            tracing::error!("replicated: internal error (panic caught at the FFI boundary): {what}");
             on_panic
         }
     }

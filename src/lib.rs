@@ -29,11 +29,7 @@ use std::ffi::{c_char, c_int};
 /// Oldest SQLite this extension accepts (the API table of libsqlite3-sys 0.38).
 pub const MIN_SQLITE_VERSION: i32 = 3_034_001;
 
-unsafe fn init(
-    db: *mut sys::sqlite3,
-    pz_err: *mut *mut c_char,
-    p_api: *mut sys::sqlite3_api_routines,
-) -> c_int {
+unsafe fn init(db: *mut sys::sqlite3, pz_err: *mut *mut c_char, p_api: *mut sys::sqlite3_api_routines) -> c_int {
     if p_api.is_null() {
         // A host built without extension support hands no API table: nothing can be called.
         return sys::SQLITE_ERROR;
@@ -63,11 +59,8 @@ unsafe fn init(
     }
     static AUTO: std::sync::Once = std::sync::Once::new();
     AUTO.call_once(|| {
-        let f: unsafe extern "C" fn(
-            *mut sys::sqlite3,
-            *mut *mut c_char,
-            *mut sys::sqlite3_api_routines,
-        ) -> c_int = sqlite3_replicated_auto_init;
+        let f: unsafe extern "C" fn(*mut sys::sqlite3, *mut *mut c_char, *mut sys::sqlite3_api_routines) -> c_int =
+            sqlite3_replicated_auto_init;
         // SAFETY: SQLite calls auto-extensions with exactly this signature.
         let f: unsafe extern "C" fn() = std::mem::transmute(f as *const ());
         sys::sqlite3_auto_extension(Some(f));

@@ -26,7 +26,7 @@ use crate::reconcile;
 use crate::vfs::capture::Captured;
 use libsqlite3_sys as ffi;
 use openraft::{BasicNode, Raft, ServerState};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -65,33 +65,6 @@ impl WriteError {
     }
     pub fn io(code: i32, msg: String) -> WriteError {
         WriteError::new(code, format!("commit capture failed: {msg}"))
-    }
-}
-
-/// A one-value channel whose receiver parks without spinning (on 2 cores a spinning waiter
-/// competes with the runtime threads that are about to answer it).
-struct OneShot<T> {
-    slot: Mutex<Option<T>>,
-    ready: Condvar,
-}
-
-impl<T> OneShot<T> {
-    fn new() -> Arc<OneShot<T>> {
-        Arc::new(OneShot { slot: Mutex::new(None), ready: Condvar::new() })
-    }
-    fn put(&self, v: T) {
-        *self.slot.lock() = Some(v);
-        self.ready.notify_one();
-    }
-    fn wait(&self, timeout: Duration) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.slot.lock();
-        while g.is_none() {
-            if self.ready.wait_until(&mut g, deadline).timed_out() {
-                break;
-            }
-        }
-        g.take()
     }
 }
 
@@ -172,26 +145,17 @@ fn run_blocking<T: Send + 'static>(
     rt.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv_timeout(timeout)
-        .map_err(|_| "timed out".to_string())
+    rx.recv_timeout(timeout).map_err(|_| "timed out".to_string())
 }
 
 /// Opens (or finds) the node for the database at `path`. Called from the VFS's xOpen.
-pub fn open_database(
-    path: &str,
-    uri: Vec<(String, String)>,
-    _readonly: bool,
-) -> Result<Arc<Database>, String> {
+pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) -> Result<Arc<Database>, String> {
     init_logging();
     let env = std::env::var("REPLICATED_CONFIG").ok();
     let toml = match crate::config::config_file_path(&uri, env) {
         Some(p) => match std::fs::read_to_string(&p) {
             Ok(t) => Some((p, t)),
-            Err(e) => {
-                return Err(format!(
-                    "replicated: bad value for 'config': cannot read {p}: {e}"
-                ))
-            }
+            Err(e) => return Err(format!("replicated: bad value for 'config': cannot read {p}: {e}")),
         },
         None => None,
     };
@@ -214,11 +178,9 @@ pub fn open_database(
             ));
         }
         if db.pid != std::process::id() {
-            return Err(
-                "replicated: this process was forked after opening the database; \
+            return Err("replicated: this process was forked after opening the database; \
                         the child cannot run the same node"
-                    .into(),
-            );
+                .into());
         }
         return Ok(db.clone());
     }
@@ -256,8 +218,7 @@ fn genesis_page() -> Vec<u8> {
 /// Makes sure the database file exists and is in WAL mode before SQLite opens it.
 fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
     use std::io::{Read, Seek, Write};
-    let e =
-        |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
+    let e = |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -289,10 +250,7 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
     f.read_exact(&mut hdr)
         .map_err(|x| e("not a SQLite database (short header)", x))?;
     if &hdr[..16] != b"SQLite format 3\0" {
-        return Err(format!(
-            "replicated: {}: file is not a SQLite database",
-            path.display()
-        ));
+        return Err(format!("replicated: {}: file is not a SQLite database", path.display()));
     }
     if hdr[18] != 2 || hdr[19] != 2 {
         if crate::reconcile::sibling(path, "-journal").exists() {
@@ -302,22 +260,16 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
             ));
         }
         // An existing rollback-mode database becomes this cluster's initial state, in WAL mode.
-        f.seek(std::io::SeekFrom::Start(18))
-            .map_err(|x| e("seek", x))?;
-        f.write_all(&[2, 2])
-            .map_err(|x| e("switching to WAL mode", x))?;
+        f.seek(std::io::SeekFrom::Start(18)).map_err(|x| e("seek", x))?;
+        f.write_all(&[2, 2]).map_err(|x| e("switching to WAL mode", x))?;
         f.sync_all().map_err(|x| e("syncing", x))?;
     }
     Ok(())
 }
 
 fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        format!(
-            "replicated: cannot create data directory {}: {e}",
-            dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("replicated: cannot create data directory {}: {e}", dir.display()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -338,18 +290,11 @@ fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
 impl Database {
     fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
         if cfg.peers.is_none() && !cfg.data.join("log").exists() {
-            return Err(
-                "replicated: missing required parameter 'peers' (required on a node's first start)"
-                    .into(),
-            );
+            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
         let lock = lock_data_dir(&cfg.data, cfg.node)?;
-        let log = LogStore::open(&cfg.data.join("log")).map_err(|e| {
-            format!(
-                "replicated: cannot open the Raft log in {}: {e}",
-                cfg.data.display()
-            )
-        })?;
+        let log = LogStore::open(&cfg.data.join("log"))
+            .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;
         let (store, loaded) = AppliedStore::open(&cfg.data).map_err(|e| {
             format!(
                 "replicated: cannot open the applied-state record in {}: {e}",
@@ -358,10 +303,7 @@ impl Database {
         })?;
         let fresh = log.last_log_id().is_none() && loaded.marker.applied.is_none();
         if fresh && cfg.peers.is_none() {
-            return Err(
-                "replicated: missing required parameter 'peers' (required on a node's first start)"
-                    .into(),
-            );
+            return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
         prepare_db_file(&path, !fresh)?;
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
@@ -402,10 +344,7 @@ impl Database {
                 .map(|p| (p.id, BasicNode::new(p.addr.clone())))
                 .collect();
             let r = raft.clone();
-            match run_blocking(
-                async move { r.initialize(members).await },
-                Duration::from_secs(30),
-            ) {
+            match run_blocking(async move { r.initialize(members).await }, Duration::from_secs(30)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::info!("replicated: initialize: {e} (already initialized is fine)")
@@ -440,7 +379,10 @@ impl Database {
             leader: m.current_leader,
             last_log: m.last_log_index.unwrap_or(0),
             applied: m.last_applied.map(|l| l.index).unwrap_or(0),
-            members: mem.nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect(),
+            members: mem
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
+                .collect(),
             matched: m
                 .replication
                 .as_ref()
@@ -488,16 +430,17 @@ impl Database {
                 return Err(WriteError::new(IOERR_REPLICATION, "the Raft node has shut down"));
             }
             match (v.state, v.leader) {
-                (Some(ServerState::Leader), Some(l)) if l == self.cfg.node => {
-                    if v.applied >= v.last_log {
-                        return Ok(());
-                    }
+                (Some(ServerState::Leader), Some(l)) if l == self.cfg.node && v.applied >= v.last_log => {
+                    return Ok(());
                 }
                 (_, Some(l)) if l != self.cfg.node => {
                     let addr = self.leader_addr(&v).unwrap_or_else(|| l.to_string());
                     return Err(WriteError::new(
                         ffi::SQLITE_READONLY,
-                        format!("node {} is not the leader; writes go to the leader, node {addr}", self.cfg.node),
+                        format!(
+                            "node {} is not the leader; writes go to the leader, node {addr}",
+                            self.cfg.node
+                        ),
                     ));
                 }
                 _ => {}
@@ -507,7 +450,10 @@ impl Database {
             if now >= deadline {
                 return Err(WriteError::new(
                     IOERR_NO_LEADER,
-                    format!("no leader within timeout_ms={} (role {:?}, term {})", self.cfg.timeout_ms, v.state, v.term),
+                    format!(
+                        "no leader within timeout_ms={} (role {:?}, term {})",
+                        self.cfg.timeout_ms, v.state, v.term
+                    ),
                 ));
             }
             std::thread::sleep(pause.min(deadline - now));
@@ -530,59 +476,74 @@ impl Database {
             pgnos: cap.pgnos,
             pages: cap.pages,
         };
-        let pending = Arc::new(PendingCommit {
-            txn_id,
-            state: Mutex::new(PendingState::Waiting),
-        });
+        let pending = PendingCommit::new(txn_id);
         *self.sm.pending.lock() = Some(pending.clone());
-        let raft = self.raft.clone();
-        let slot = OneShot::new();
-        let tx = slot.clone();
-        let spawned = runtime().map(|rt| rt.spawn(async move { tx.put(raft.client_write(Request::Txn(txn)).await) }));
+        let (raft, answer) = (self.raft.clone(), pending.clone());
+        // The state machine's claim wakes us; this task only turns Raft's errors into a decision.
+        let spawned = runtime().map(|rt| {
+            rt.spawn(async move {
+                let failed = match raft.client_write(Request::Txn(txn)).await {
+                    Ok(resp) => match resp.data {
+                        Response::Applied { .. } => None,
+                        Response::Stale {
+                            index,
+                            base_index,
+                            last_txn_index,
+                        } => Some((
+                            IOERR_REPLICATION,
+                            format!(
+                                "transaction at log index {index} was built on index {base_index} but the state \
+                                 had moved to {last_txn_index}; it was discarded on every node: retry"
+                            ),
+                        )),
+                        other => Some((IOERR_REPLICATION, format!("unexpected apply result {other:?}"))),
+                    },
+                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(
+                        f,
+                    ))) => {
+                        let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+                        let msg = format!("leadership lost before the commit; the leader is now node {who}");
+                        Some((ffi::SQLITE_READONLY, msg))
+                    }
+                    Err(e) => Some((IOERR_LEADERSHIP_LOST, format!("commit failed: {e}"))),
+                };
+                if let Some((code, msg)) = failed {
+                    answer.decide(PendingState::Failed(code, msg));
+                }
+            })
+        });
         if let Err(e) = spawned {
             *self.sm.pending.lock() = None;
             return Err(WriteError::new(IOERR_REPLICATION, e));
         }
-        let outcome = slot.wait(Duration::from_millis(self.cfg.timeout_ms)).ok_or(());
-        // Decide under the pending mutex: either the state machine claimed the entry (we must
-        // publish it), or we abandon it and the state machine will apply it from the log if Raft
-        // commits it anyway.
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
         let decided = {
             let mut s = pending.state.lock();
-            match *s {
-                PendingState::Claimed { index, term } => Some((index, term)),
-                _ => {
-                    *s = PendingState::Abandoned;
-                    None
+            while *s == PendingState::Waiting {
+                if pending.decided.wait_until(&mut s, deadline).timed_out() {
+                    break;
                 }
             }
+            if *s == PendingState::Waiting {
+                // Give up under the lock: a late claim now fails, and the state machine applies
+                // the entry from the log instead if Raft commits it anyway.
+                *s = PendingState::Abandoned;
+            }
+            s.clone()
         };
         *self.sm.pending.lock() = None;
-        let Some((index, term)) = decided else {
-            return Err(match outcome {
-                Err(_) => WriteError::new(
+        let (index, term) = match decided {
+            PendingState::Claimed { index, term } => (index, term),
+            PendingState::Failed(code, msg) => return Err(WriteError::new(code, msg)),
+            _ => {
+                return Err(WriteError::new(
                     IOERR_TIMEOUT,
-                    format!("no quorum within timeout_ms={}; the outcome in the cluster is unknown", self.cfg.timeout_ms),
-                ),
-                Ok(Ok(resp)) => match resp.data {
-                    Response::Stale { index, base_index, last_txn_index } => WriteError::new(
-                        IOERR_REPLICATION,
-                        format!(
-                            "transaction at log index {index} was built on index {base_index} but the state had \
-                             moved to {last_txn_index}; it was discarded on every node: retry"
-                        ),
+                    format!(
+                        "no quorum within timeout_ms={}; the outcome in the cluster is unknown",
+                        self.cfg.timeout_ms
                     ),
-                    other => WriteError::new(IOERR_REPLICATION, format!("unexpected apply result {other:?}")),
-                },
-                Ok(Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f)))) => {
-                    let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
-                    WriteError::new(
-                        ffi::SQLITE_READONLY,
-                        format!("leadership lost before the commit; the leader is now node {who}"),
-                    )
-                }
-                Ok(Err(e)) => WriteError::new(IOERR_LEADERSHIP_LOST, format!("commit failed: {e}")),
-            });
+                ))
+            }
         };
         failpoint::hit("commit.after_quorum").map_err(fail)?;
         let rec = Record {

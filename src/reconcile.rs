@@ -72,10 +72,7 @@ pub struct WalAppender {
 impl WalAppender {
     /// Continue after `commit_frame` (whose checksum is `cksum`) in an existing WAL, or start a new
     /// WAL at the first append when `existing` is None.
-    pub fn open(
-        path: &Path,
-        existing: Option<(WalHeader, u64, (u32, u32))>,
-    ) -> io::Result<WalAppender> {
+    pub fn open(path: &Path, existing: Option<(WalHeader, u64, (u32, u32))>) -> io::Result<WalAppender> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -119,10 +116,8 @@ impl WalAppender {
         let n = txn.pgnos.len();
         for (i, &pg) in txn.pgnos.iter().enumerate() {
             let commit = if i + 1 == n { txn.db_size } else { 0 };
-            self.running =
-                frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
-            self.file
-                .write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
+            self.running = frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
+            self.file.write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
             self.next_frame += 1;
         }
         Ok((self.next_frame - 1, hdr.salt, self.running))
@@ -165,9 +160,7 @@ pub fn reconcile(
     initial_voters: &[NodeId],
 ) -> Result<Reconciled, String> {
     let wal_path = sibling(db_path, "-wal");
-    let err = |what: &str, e: io::Error| {
-        format!("replicated: reconciling {}: {what}: {e}", db_path.display())
-    };
+    let err = |what: &str, e: io::Error| format!("replicated: reconciling {}: {what}: {e}", db_path.display());
     let scanned = scan_file(&wal_path).map_err(|e| err("reading the WAL", e))?;
 
     // 1. The newest record that the WAL vouches for.
@@ -175,9 +168,9 @@ pub fn reconcile(
     if let Some((hdr, commits)) = &scanned {
         for (i, r) in loaded.records.iter().enumerate().rev() {
             if r.salt == hdr.salt
-                && commits.iter().any(|c| {
-                    c.frame == r.commit_frame && c.cksum == r.cksum && c.db_size == r.db_size
-                })
+                && commits
+                    .iter()
+                    .any(|c| c.frame == r.commit_frame && c.cksum == r.cksum && c.db_size == r.db_size)
             {
                 found = Some((i, *r, *hdr));
                 break;
@@ -193,9 +186,7 @@ pub fn reconcile(
             f.set_len(hdr.frame_offset(r.commit_frame + 1))
                 .map_err(|e| err("cutting the WAL", e))?;
             f.sync_all().map_err(|e| err("syncing the WAL", e))?;
-            store
-                .keep_first(i + 1)
-                .map_err(|e| err("trimming records", e))?;
+            store.keep_first(i + 1).map_err(|e| err("trimming records", e))?;
             let app = WalAppender::open(&wal_path, Some((hdr, r.commit_frame, r.cksum)))
                 .map_err(|e| err("opening the WAL", e))?;
             (
@@ -209,9 +200,7 @@ pub fn reconcile(
         }
         None => {
             remove_if_exists(&wal_path).map_err(|e| err("deleting the WAL", e))?;
-            store
-                .keep_first(0)
-                .map_err(|e| err("trimming records", e))?;
+            store.keep_first(0).map_err(|e| err("trimming records", e))?;
             let Marker { applied, last_txn } = loaded.marker;
             (applied, last_txn, None)
         }
@@ -244,10 +233,7 @@ pub fn reconcile(
         let mut i = from;
         while i <= last {
             let hi = (i + REPLAY_BATCH - 1).min(last);
-            for e in log
-                .entries_sync(i, hi)
-                .map_err(|e| err("reading the log", e))?
-            {
+            for e in log.entries_sync(i, hi).map_err(|e| err("reading the log", e))? {
                 if let EntryPayload::Membership(m) = &e.payload {
                     newest = StoredMembership::new(Some(e.log_id), m.clone());
                 }
@@ -263,9 +249,7 @@ pub fn reconcile(
         let mut i = start;
         while i <= end {
             let hi = (i + REPLAY_BATCH - 1).min(end);
-            let entries = log
-                .entries_sync(i, hi)
-                .map_err(|e| err("reading the log", e))?;
+            let entries = log.entries_sync(i, hi).map_err(|e| err("reading the log", e))?;
             if entries.first().map(|e| e.log_id.index) != Some(i) && i <= end {
                 return Err(format!(
                     "replicated: reconciling {}: log entry {i} is missing (purged or lost); this node needs a snapshot",
@@ -285,14 +269,11 @@ pub fn reconcile(
                     EntryPayload::Normal(Request::Txn(t)) => {
                         if t.validate().is_ok() && t.base_index == last_txn {
                             if appender.is_none() {
-                                appender = Some(
-                                    WalAppender::open(&wal_path, None)
-                                        .map_err(|e| err("creating the WAL", e))?,
-                                );
+                                appender =
+                                    Some(WalAppender::open(&wal_path, None).map_err(|e| err("creating the WAL", e))?);
                             }
                             if let Some(app) = appender.as_mut() {
-                                let (frame, salt, cksum) =
-                                    app.append(&t).map_err(|e| err("appending to the WAL", e))?;
+                                let (frame, salt, cksum) = app.append(t).map_err(|e| err("appending to the WAL", e))?;
                                 store
                                     .append(&Record {
                                         index: e.log_id.index,

@@ -145,8 +145,7 @@ impl AppliedStore {
         };
         let membership = match std::fs::read(dir.join("membership")) {
             Ok(b) => Some(
-                serde_json::from_slice(&b)
-                    .map_err(|e| io::Error::other(format!("membership file is corrupt: {e}")))?,
+                serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("membership file is corrupt: {e}")))?,
             ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -233,20 +232,14 @@ mod tests {
         let (s, l) = AppliedStore::open(d.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.records, vec![rec(1), rec(2)]);
         let m = Marker {
-            applied: Some(openraft::LogId::new(
-                openraft::CommittedLeaderId::new(4, 1),
-                12,
-            )),
+            applied: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(4, 1), 12)),
             last_txn: 11,
         };
         s.set_marker(m).unwrap_or_else(|e| panic!("{e}"));
         let (_, l) = AppliedStore::open(d.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(l.records.is_empty());
         assert_eq!(l.marker.last_txn, 11);
-        assert_eq!(
-            l.marker.applied.map(|a| (a.index, a.leader_id.term)),
-            Some((12, 4))
-        );
+        assert_eq!(l.marker.applied.map(|a| (a.index, a.leader_id.term)), Some((12, 4)));
     }
 
     #[test]

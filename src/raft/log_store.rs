@@ -180,8 +180,7 @@ fn segment_name(first: u64) -> String {
 
 /// Frames `value` as one record: header, then the postcard payload.
 fn encode_record<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    let mut buf = postcard::to_extend(value, vec![0u8; HEADER])
-        .map_err(|e| refuse(format!("encode: {e}")))?;
+    let mut buf = postcard::to_extend(value, vec![0u8; HEADER]).map_err(|e| refuse(format!("encode: {e}")))?;
     let len = u32::try_from(buf.len() - HEADER).unwrap_or(u32::MAX);
     if len > MAX_RECORD_BYTES {
         return Err(refuse(format!("record of {len} bytes > MAX_RECORD_BYTES")));
@@ -208,9 +207,7 @@ fn decode_record(bytes: &[u8]) -> Result<&[u8], String> {
     if len == 0 || len > MAX_RECORD_BYTES {
         return Err(format!("bad record length {len}"));
     }
-    let payload = bytes
-        .get(HEADER..HEADER + len as usize)
-        .ok_or("record past the end")?;
+    let payload = bytes.get(HEADER..HEADER + len as usize).ok_or("record past the end")?;
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
@@ -248,16 +245,11 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     for de in fs::read_dir(dir)? {
         let (path, name) = de.map(|de| (de.path(), de.file_name()))?;
         let name = name.to_string_lossy();
-        let Some(num) = name
-            .strip_prefix("log-")
-            .and_then(|n| n.strip_suffix(".seg"))
-        else {
+        let Some(num) = name.strip_prefix("log-").and_then(|n| n.strip_suffix(".seg")) else {
             continue;
         };
         match num.parse::<u64>() {
-            Ok(first) if num.len() == 20 && num.bytes().all(|b| b.is_ascii_digit()) => {
-                out.push((first, path))
-            }
+            Ok(first) if num.len() == 20 && num.bytes().all(|b| b.is_ascii_digit()) => out.push((first, path)),
             _ => return Err(corrupt(path.display(), "not a segment file name")),
         }
     }
@@ -299,9 +291,7 @@ fn scan_segment(file: &File, first: u64) -> io::Result<(Vec<Loc>, u64, Option<St
         }
         buf.resize(HEADER + len as usize, 0);
         file.read_exact_at(&mut buf, off)?;
-        let entry: Entry = match decode_record(&buf)
-            .and_then(|p| postcard::from_bytes(p).map_err(|e| e.to_string()))
-        {
+        let entry: Entry = match decode_record(&buf).and_then(|p| postcard::from_bytes(p).map_err(|e| e.to_string())) {
             Ok(entry) => entry,
             Err(why) => return Ok((locs, off, Some(why))),
         };
@@ -567,10 +557,7 @@ impl LogStore {
     }
 
     /// Writes `entries` to the page cache; returns what must be synced.
-    fn write_entries(
-        &self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
         self.write(|st, inner| {
             let (mut files, mut dir) = (Vec::<Arc<File>>::new(), None);
             for entry in entries {
@@ -581,9 +568,7 @@ impl LogStore {
                     .map(|l| l.index.saturating_add(1))
                     .filter(|x| *x != index)
                 {
-                    return Err(refuse(format!(
-                        "append of index {index}, expected {expected}"
-                    )));
+                    return Err(refuse(format!("append of index {index}, expected {expected}")));
                 }
                 let rec = encode_record(&entry)?;
                 if st
@@ -596,11 +581,7 @@ impl LogStore {
                         sync_dir(&inner.dir)?;
                     }
                     let path = inner.dir.join(segment_name(index));
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .open(path)?;
+                    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
                     st.segments.insert(
                         index,
                         Segment {
@@ -657,11 +638,7 @@ impl LogStore {
             st.index.truncate(pos);
             // Invariant 5: later segments go first, newest first, durably; then the shortening.
             let doomed: Vec<u64> = st.segments.range(loc.seg..).map(|(k, _)| *k).collect();
-            for k in doomed
-                .iter()
-                .rev()
-                .filter(|k| **k != loc.seg || loc.off == 0)
-            {
+            for k in doomed.iter().rev().filter(|k| **k != loc.seg || loc.off == 0) {
                 fs::remove_file(inner.dir.join(segment_name(*k)))?;
                 st.segments.remove(k);
             }
@@ -706,11 +683,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| storage_err(ErrorVerb::Read, e))
     }
 
-    async fn limited_get_log_entries(
-        &mut self,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let st = self.inner.state.read();
         st.read(start, end, READ_BUDGET)
             .map_err(|e| storage_err(ErrorVerb::Read, e))
@@ -768,11 +741,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.state.read().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -781,14 +750,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(sync) => sync,
             Err(e) => return Err(Self::fail_append(callback, e)),
         };
-        flush(
-            FlushJob {
-                files,
-                dir,
-                callback,
-            },
-            &self.inner.failed,
-        );
+        flush(FlushJob { files, dir, callback }, &self.inner.failed);
         Ok(())
     }
 
@@ -798,8 +760,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purge_sync(log_id)
-            .map_err(|e| storage_err(ErrorVerb::Delete, e))
+        self.purge_sync(log_id).map_err(|e| storage_err(ErrorVerb::Delete, e))
     }
 }
 
@@ -809,9 +770,7 @@ mod tests {
     use crate::raft::types::{Request, Response, Txn};
     use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
     use openraft::testing::{blank_ent, log_id, StoreBuilder, Suite};
-    use openraft::{
-        BasicNode, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership,
-    };
+    use openraft::{BasicNode, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
     use std::io::Cursor;
 
     fn ent(term: u64, index: u64) -> Entry {
@@ -848,11 +807,7 @@ mod tests {
     }
 
     fn segs(dir: &Path) -> Vec<PathBuf> {
-        list_segments(dir)
-            .unwrap()
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
+        list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
     }
 
     fn last_index(s: &LogStore) -> Option<u64> {
@@ -872,10 +827,7 @@ mod tests {
         assert_eq!(s.entries_sync(0, 9).unwrap(), txns(0..10));
         s.blocking_append(vec![ent(2, 10)]).await.unwrap();
         let st = s.get_log_state().await.unwrap();
-        assert_eq!(
-            (st.last_purged_log_id, st.last_log_id),
-            (None, Some(log_id(2, 1, 10)))
-        );
+        assert_eq!((st.last_purged_log_id, st.last_log_id), (None, Some(log_id(2, 1, 10))));
     }
 
     #[tokio::test]
@@ -885,7 +837,12 @@ mod tests {
         let last = segs(d.path()).pop().unwrap();
         // The logical end of the last segment; drop the preallocated zeros behind it.
         let good = scan_segment(&File::open(&last).unwrap(), 4).unwrap().1;
-        OpenOptions::new().write(true).open(&last).unwrap().set_len(good).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .unwrap()
+            .set_len(good)
+            .unwrap();
         let tails: [&[u8]; 4] = [
             &[100, 0, 0, 0, 1, 2, 3, 4, 9, 9], // header promising 100 bytes, then 2
             &[3, 0, 0],                        // partial header
@@ -938,10 +895,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         drop(store_with(d.path(), txns(0..20)).await);
         fs::remove_file(&segs(d.path())[1]).unwrap();
-        assert_eq!(
-            LogStore::open(d.path()).err().unwrap().kind(),
-            ErrorKind::InvalidData
-        );
+        assert_eq!(LogStore::open(d.path()).err().unwrap().kind(), ErrorKind::InvalidData);
     }
 
     #[tokio::test]
@@ -951,27 +905,18 @@ mod tests {
         for i in 0..30 {
             s.blocking_append(vec![txn(i)]).await.unwrap();
         }
-        let firsts: Vec<u64> = list_segments(d.path())
-            .unwrap()
-            .iter()
-            .map(|(f, _)| *f)
-            .collect();
+        let firsts: Vec<u64> = list_segments(d.path()).unwrap().iter().map(|(f, _)| *f).collect();
         assert_eq!(firsts, (0..15).map(|i| i * 2).collect::<Vec<_>>());
         s.truncate(log_id(1, 1, 17)).await.unwrap(); // mid-segment
         assert_eq!((last_index(&s), segs(d.path()).len()), (Some(16), 9));
         s.truncate(log_id(1, 1, 14)).await.unwrap(); // at a segment boundary
         assert_eq!((last_index(&s), segs(d.path()).len()), (Some(13), 7));
         assert!(s.try_get_log_entries(14..).await.unwrap().is_empty());
-        s.blocking_append((14..17).map(|i| ent(2, i)))
-            .await
-            .unwrap();
+        s.blocking_append((14..17).map(|i| ent(2, i))).await.unwrap();
         drop(s);
         let mut s = LogStore::open_with_limit(d.path(), 1000).unwrap();
         let all = s.try_get_log_entries(..).await.unwrap();
-        let terms: Vec<(u64, u64)> = all
-            .iter()
-            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
-            .collect();
+        let terms: Vec<(u64, u64)> = all.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect();
         assert_eq!(terms[12..], [(1, 12), (1, 13), (2, 14), (2, 15), (2, 16)]);
         s.truncate(log_id(1, 1, 0)).await.unwrap();
         assert!(segs(d.path()).is_empty() && s.last_log_id().is_none());
@@ -1001,10 +946,7 @@ mod tests {
         s.blocking_append(vec![ent(3, 41)]).await.unwrap();
         drop(s);
         let s = LogStore::open(d.path()).unwrap();
-        assert_eq!(
-            (s.purged_sync(), last_index(&s)),
-            (Some(log_id(3, 1, 40)), Some(41))
-        );
+        assert_eq!((s.purged_sync(), last_index(&s)), (Some(log_id(3, 1, 40)), Some(41)));
     }
 
     #[tokio::test]
@@ -1028,10 +970,7 @@ mod tests {
             Some(log_id(1, 1, 1))
         );
         fs::write(d.path().join(COMMITTED), [7, 0, 0, 0, 1]).unwrap();
-        assert_eq!(
-            LogStore::open(d.path()).unwrap().read_committed_sync(),
-            None
-        );
+        assert_eq!(LogStore::open(d.path()).unwrap().read_committed_sync(), None);
         // A damaged vote is not guessed at.
         fs::write(d.path().join(VOTE), [7, 0, 0, 0, 1]).unwrap();
         assert!(LogStore::open(d.path()).is_err());
@@ -1112,9 +1051,7 @@ mod tests {
             Ok(())
         }
 
-        async fn get_current_snapshot(
-            &mut self,
-        ) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
             let s = self.0.lock();
             Ok(s.snapshot.clone().map(|meta| Snapshot {
                 meta,

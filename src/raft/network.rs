@@ -37,20 +37,15 @@ impl RaftNetwork<TypeConfig> for IsolatedClient {
         &mut self,
         _vote: openraft::Vote<NodeId>,
         _snapshot: openraft::Snapshot<TypeConfig>,
-        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed>
-            + openraft::OptionalSend
-            + 'static,
+        _cancel: impl std::future::Future<Output = openraft::error::ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<
         openraft::raft::SnapshotResponse<NodeId>,
         openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
     > {
-        Err(openraft::error::StreamingError::Unreachable(
-            Unreachable::new(&std::io::Error::other(format!(
-                "node {}: no transport in this build",
-                self.0
-            ))),
-        ))
+        Err(openraft::error::StreamingError::Unreachable(Unreachable::new(
+            &std::io::Error::other(format!("node {}: no transport in this build", self.0)),
+        )))
     }
 
     async fn vote(

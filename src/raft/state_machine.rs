@@ -18,27 +18,55 @@
 use crate::raft::applied::AppliedStore;
 use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
-use openraft::{
-    BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StoredMembership,
-};
+use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use parking_lot::Mutex;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingState {
     Waiting,
-    Claimed { index: u64, term: u64 },
+    /// The state machine took the entry as part of the state: the committer must publish it.
+    Claimed {
+        index: u64,
+        term: u64,
+    },
+    /// Raft answered with an error, or applied the entry as stale: (SQLite code, message).
+    Failed(i32, String),
+    /// The committer gave up (timeout); if Raft commits the entry later, it is applied from the log.
     Abandoned,
 }
 
 /// The one transaction of this node that is waiting at its commit sync (there is at most one per
-/// database: the WAL write lock is held throughout).
+/// database: the WAL write lock is held throughout). The claim wakes the waiting SQLite thread
+/// directly from the state machine, rather than through openraft's response path (two fewer
+/// thread hand-offs per commit).
 pub struct PendingCommit {
     pub txn_id: u64,
     pub state: Mutex<PendingState>,
+    pub decided: parking_lot::Condvar,
+}
+
+impl PendingCommit {
+    pub fn new(txn_id: u64) -> Arc<PendingCommit> {
+        Arc::new(PendingCommit {
+            txn_id,
+            state: Mutex::new(PendingState::Waiting),
+            decided: parking_lot::Condvar::new(),
+        })
+    }
+
+    /// Moves Waiting to `to` (and wakes the committer); false when already decided.
+    pub fn decide(&self, to: PendingState) -> bool {
+        let mut s = self.state.lock();
+        if *s != PendingState::Waiting {
+            return false;
+        }
+        *s = to;
+        self.decided.notify_all();
+        true
+    }
 }
 
 pub struct SmShared {
@@ -68,10 +96,7 @@ impl SmShared {
         Arc::new(SmShared {
             node_id,
             store,
-            state: Mutex::new(SmState {
-                applied,
-                membership,
-            }),
+            state: Mutex::new(SmState { applied, membership }),
             last_txn: AtomicU64::new(last_txn),
             pending: Mutex::new(None),
             poisoned: Mutex::new(None),
@@ -85,10 +110,7 @@ impl SmShared {
     pub fn poison(&self, why: String) {
         let mut p = self.poisoned.lock();
         if p.is_none() {
-            tracing::error!(
-                "replicated: node {} stops accepting writes: {why}",
-                self.node_id
-            );
+            tracing::error!("replicated: node {} stops accepting writes: {why}", self.node_id);
             crate::ffi::sqlite_log(libsqlite3_sys::SQLITE_IOERR, &format!("replicated: {why}"));
             *p = Some(why);
         }
@@ -117,18 +139,10 @@ impl SmShared {
                 } else {
                     let claimed = t.origin == self.node_id
                         && match self.pending.lock().as_ref() {
-                            Some(p) if p.txn_id == t.txn_id => {
-                                let mut s = p.state.lock();
-                                if *s == PendingState::Waiting {
-                                    *s = PendingState::Claimed {
-                                        index,
-                                        term: e.log_id.leader_id.term,
-                                    };
-                                    true
-                                } else {
-                                    false
-                                }
-                            }
+                            Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed {
+                                index,
+                                term: e.log_id.leader_id.term,
+                            }),
                             _ => false,
                         };
                     if !claimed {
@@ -165,9 +179,7 @@ impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = NoSnapshots;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
         let st = self.0.state.lock();
         Ok((st.applied, st.membership.clone()))
     }

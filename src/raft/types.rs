@@ -90,13 +90,7 @@ pub enum Request {
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Txn(t) => write!(
-                f,
-                "txn {} from node {} ({} pages)",
-                t.txn_id,
-                t.origin,
-                t.pgnos.len()
-            ),
+            Request::Txn(t) => write!(f, "txn {} from node {} ({} pages)", t.txn_id, t.origin, t.pgnos.len()),
         }
     }
 }

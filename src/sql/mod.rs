@@ -33,10 +33,7 @@ unsafe fn schema_arg(argc: c_int, argv: *mut *mut ffi::sqlite3_value, i: usize) 
 }
 
 /// The replicated main-file state of `schema` on the function's connection.
-unsafe fn file_state<'a>(
-    ctx: *mut ffi::sqlite3_context,
-    schema: &str,
-) -> Result<&'a crate::vfs::MainState, String> {
+unsafe fn file_state<'a>(ctx: *mut ffi::sqlite3_context, schema: &str) -> Result<&'a crate::vfs::MainState, String> {
     let db = ffi::sqlite3_context_db_handle(ctx);
     let z = CString::new(schema).map_err(|e| e.to_string())?;
     let mut f: *mut ffi::sqlite3_file = std::ptr::null_mut();
@@ -63,11 +60,7 @@ unsafe fn node_of(ctx: *mut ffi::sqlite3_context, schema: &str) -> Result<Arc<Da
     }
 }
 
-unsafe extern "C" fn fn_status(
-    ctx: *mut ffi::sqlite3_context,
-    argc: c_int,
-    argv: *mut *mut ffi::sqlite3_value,
-) {
+unsafe extern "C" fn fn_status(ctx: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *mut ffi::sqlite3_value) {
     guard((), || {
         let schema = schema_arg(argc, argv, 0);
         match node_of(ctx, &schema) {
@@ -77,11 +70,7 @@ unsafe extern "C" fn fn_status(
     })
 }
 
-unsafe extern "C" fn fn_leader(
-    ctx: *mut ffi::sqlite3_context,
-    _argc: c_int,
-    _argv: *mut *mut ffi::sqlite3_value,
-) {
+unsafe extern "C" fn fn_leader(ctx: *mut ffi::sqlite3_context, _argc: c_int, _argv: *mut *mut ffi::sqlite3_value) {
     guard((), || match node_of(ctx, "main") {
         Ok(db) => match db.leader() {
             Some(l) => result_text(ctx, &l),
@@ -91,11 +80,7 @@ unsafe extern "C" fn fn_leader(
     })
 }
 
-unsafe extern "C" fn fn_last_error(
-    ctx: *mut ffi::sqlite3_context,
-    _argc: c_int,
-    _argv: *mut *mut ffi::sqlite3_value,
-) {
+unsafe extern "C" fn fn_last_error(ctx: *mut ffi::sqlite3_context, _argc: c_int, _argv: *mut *mut ffi::sqlite3_value) {
     guard((), || match file_state(ctx, "main") {
         Ok(st) => {
             let own = st.last_error.lock().clone();
@@ -135,10 +120,7 @@ pub unsafe fn register_functions(db: *mut ffi::sqlite3) -> Result<(), String> {
             None,
         );
         if rc != ffi::SQLITE_OK {
-            return Err(format!(
-                "replicated: cannot register {} ({rc})",
-                name.to_string_lossy()
-            ));
+            return Err(format!("replicated: cannot register {} ({rc})", name.to_string_lossy()));
         }
     }
     Ok(())

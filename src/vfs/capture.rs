@@ -59,13 +59,7 @@ pub unsafe fn read_shm_header(main: *mut ffi::sqlite3_file) -> Result<ShmHeader,
         return Err(CaptureError::Io(ffi::SQLITE_IOERR_SHMMAP, "no shm".into()));
     };
     let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
-    let rc = shm_map(
-        main,
-        0,
-        32768,
-        0,
-        &mut p as *mut _ as *mut *mut std::ffi::c_void as _,
-    );
+    let rc = shm_map(main, 0, 32768, 0, &mut p as *mut _);
     if rc != ffi::SQLITE_OK || p.is_null() {
         return Err(CaptureError::Io(
             ffi::SQLITE_IOERR_SHMMAP,
@@ -100,10 +94,7 @@ pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bo
 ///
 /// # Safety
 /// Called at the commit sync, with the WAL write lock held by this connection.
-pub unsafe fn capture(
-    main: *mut ffi::sqlite3_file,
-    wal: *mut ffi::sqlite3_file,
-) -> Result<Captured, CaptureError> {
+pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file) -> Result<Captured, CaptureError> {
     let shm = read_shm_header(main)?;
     let mut hb = [0u8; WAL_HDR];
     if !read_at(wal, 0, &mut hb) {
@@ -119,11 +110,7 @@ pub unsafe fn capture(
         ));
     };
     let first = shm.mx_frame as u64 + 1;
-    let mut running = if shm.mx_frame == 0 {
-        hdr.cksum
-    } else {
-        shm.frame_cksum
-    };
+    let mut running = if shm.mx_frame == 0 { hdr.cksum } else { shm.frame_cksum };
     let mut frame = vec![0u8; hdr.frame_size() as usize];
     let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut bytes = 0usize;
@@ -185,11 +172,7 @@ pub unsafe fn capture(
 ///
 /// # Safety
 /// Called at the commit sync with the write lock held; `wal` is the wrapped WAL file.
-pub unsafe fn invalidate_tail(
-    wal: *mut ffi::sqlite3_file,
-    page_size: u32,
-    first_frame: u64,
-) -> i32 {
+pub unsafe fn invalidate_tail(wal: *mut ffi::sqlite3_file, page_size: u32, first_frame: u64) -> i32 {
     let methods = &*(*wal).pMethods;
     let (Some(write), Some(sync)) = (methods.xWrite, methods.xSync) else {
         return ffi::SQLITE_IOERR;

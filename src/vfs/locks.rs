@@ -39,11 +39,7 @@ impl ShmLocks {
     }
 
     pub fn is_write_txn_start(&self, offset: i32, n: i32, lock: bool, exclusive: bool) -> bool {
-        lock && exclusive
-            && offset == 0
-            && n == 1
-            && self.shared & READ_ANY != 0
-            && self.excl & CKPT == 0
+        lock && exclusive && offset == 0 && n == 1 && self.shared & READ_ANY != 0 && self.excl & CKPT == 0
     }
 
     pub fn holds_write_not_ckpt(&self) -> bool {
@@ -58,17 +54,11 @@ mod tests {
     #[test]
     fn writer_vs_recovery_vs_checkpoint() {
         let mut l = ShmLocks::default();
-        assert!(
-            !l.is_write_txn_start(0, 1, true, true),
-            "recovery: no read lock"
-        );
+        assert!(!l.is_write_txn_start(0, 1, true, true), "recovery: no read lock");
         l.record(4, 1, true, false); // READ_LOCK(1) shared
         assert!(l.is_write_txn_start(0, 1, true, true));
         l.record(1, 1, true, true); // CKPT
-        assert!(
-            !l.is_write_txn_start(0, 1, true, true),
-            "checkpoint holds CKPT"
-        );
+        assert!(!l.is_write_txn_start(0, 1, true, true), "checkpoint holds CKPT");
         l.record(1, 1, false, true);
         l.record(0, 1, true, true);
         assert!(l.holds_write_not_ckpt());

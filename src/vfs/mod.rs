@@ -117,11 +117,7 @@ pub fn register() -> Result<(), String> {
             xSleep: Some(v_sleep),
             xCurrentTime: Some(v_current_time),
             xGetLastError: Some(v_get_last_error),
-            xCurrentTimeInt64: if o.iVersion >= 2 {
-                Some(v_current_time64)
-            } else {
-                None
-            },
+            xCurrentTimeInt64: if o.iVersion >= 2 { Some(v_current_time64) } else { None },
             xSetSystemCall: None,
             xGetSystemCall: None,
             xNextSystemCall: None,
@@ -140,7 +136,7 @@ pub fn register() -> Result<(), String> {
 /// # Safety
 /// `file` must be NULL or a live `sqlite3_file`.
 pub unsafe fn main_state<'a>(file: *mut ffi::sqlite3_file) -> Option<&'a MainState> {
-    if file.is_null() || (*file).pMethods != &IO_METHODS as *const _ {
+    if file.is_null() || !std::ptr::eq((*file).pMethods, &IO_METHODS) {
         return None;
     }
     let rf = file as *mut ReplFile;
@@ -177,9 +173,7 @@ unsafe extern "C" fn v_open(
         ptr::write(
             rf,
             ReplFile {
-                base: ffi::sqlite3_file {
-                    pMethods: ptr::null(),
-                },
+                base: ffi::sqlite3_file { pMethods: ptr::null() },
                 real: (file as *mut u8).add(HDR) as *mut ffi::sqlite3_file,
                 kind: Kind::Other,
                 main: ptr::null_mut(),
@@ -203,11 +197,7 @@ unsafe extern "C" fn v_open(
             let (db, err) = if internal {
                 (crate::node::registry_get(&path), None)
             } else {
-                match crate::node::open_database(
-                    &path,
-                    uri_pairs(z_name),
-                    flags & ffi::SQLITE_OPEN_READONLY != 0,
-                ) {
+                match crate::node::open_database(&path, uri_pairs(z_name), flags & ffi::SQLITE_OPEN_READONLY != 0) {
                     Ok(db) => (Some(db), None),
                     Err(e) => {
                         sqlite_log(ffi::SQLITE_CANTOPEN, &e);
@@ -238,7 +228,7 @@ unsafe extern "C" fn v_open(
             }
             Kind::Wal => {
                 let dbf = ffi::sqlite3_database_file_object(z_name);
-                if !dbf.is_null() && (*dbf).pMethods == &IO_METHODS as *const _ {
+                if !dbf.is_null() && std::ptr::eq((*dbf).pMethods, &IO_METHODS) {
                     (*rf).main = (*(dbf as *mut ReplFile)).main;
                 }
             }
@@ -249,11 +239,7 @@ unsafe extern "C" fn v_open(
     })
 }
 
-unsafe extern "C" fn v_delete(
-    _vfs: *mut ffi::sqlite3_vfs,
-    z_name: *const c_char,
-    sync_dir: c_int,
-) -> c_int {
+unsafe extern "C" fn v_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
     guard(ffi::SQLITE_IOERR_DELETE, || {
         let os = base();
         if let Some(name) = cstr(z_name) {
@@ -275,12 +261,7 @@ unsafe extern "C" fn v_delete(
     })
 }
 
-unsafe extern "C" fn v_access(
-    _v: *mut ffi::sqlite3_vfs,
-    z: *const c_char,
-    fl: c_int,
-    out: *mut c_int,
-) -> c_int {
+unsafe extern "C" fn v_access(_v: *mut ffi::sqlite3_vfs, z: *const c_char, fl: c_int, out: *mut c_int) -> c_int {
     guard(ffi::SQLITE_IOERR_ACCESS, || {
         let os = base();
         (*os)
@@ -289,12 +270,7 @@ unsafe extern "C" fn v_access(
             .unwrap_or(ffi::SQLITE_IOERR_ACCESS)
     })
 }
-unsafe extern "C" fn v_full_pathname(
-    _v: *mut ffi::sqlite3_vfs,
-    z: *const c_char,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
+unsafe extern "C" fn v_full_pathname(_v: *mut ffi::sqlite3_vfs, z: *const c_char, n: c_int, out: *mut c_char) -> c_int {
     guard(ffi::SQLITE_CANTOPEN, || {
         let os = base();
         (*os)
@@ -318,32 +294,19 @@ unsafe extern "C" fn v_sleep(_v: *mut ffi::sqlite3_vfs, us: c_int) -> c_int {
 unsafe extern "C" fn v_current_time(_v: *mut ffi::sqlite3_vfs, t: *mut f64) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let os = base();
-        (*os)
-            .xCurrentTime
-            .map(|f| f(os, t))
-            .unwrap_or(ffi::SQLITE_ERROR)
+        (*os).xCurrentTime.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
     })
 }
-unsafe extern "C" fn v_get_last_error(
-    _v: *mut ffi::sqlite3_vfs,
-    n: c_int,
-    z: *mut c_char,
-) -> c_int {
+unsafe extern "C" fn v_get_last_error(_v: *mut ffi::sqlite3_vfs, n: c_int, z: *mut c_char) -> c_int {
     guard(0, || {
         let os = base();
         (*os).xGetLastError.map(|f| f(os, n, z)).unwrap_or(0)
     })
 }
-unsafe extern "C" fn v_current_time64(
-    _v: *mut ffi::sqlite3_vfs,
-    t: *mut ffi::sqlite3_int64,
-) -> c_int {
+unsafe extern "C" fn v_current_time64(_v: *mut ffi::sqlite3_vfs, t: *mut ffi::sqlite3_int64) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let os = base();
-        (*os)
-            .xCurrentTimeInt64
-            .map(|f| f(os, t))
-            .unwrap_or(ffi::SQLITE_ERROR)
+        (*os).xCurrentTimeInt64.map(|f| f(os, t)).unwrap_or(ffi::SQLITE_ERROR)
     })
 }
 
@@ -410,12 +373,7 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn x_read(
-    f: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    n: c_int,
-    off: ffi::sqlite3_int64,
-) -> c_int {
+unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int {
     guard(ffi::SQLITE_IOERR_READ, || {
         // Reads stay allowed on a misconfigured handle: opening reads the header, and the open must
         // succeed for the per-connection init to report the configuration error by name.
@@ -549,12 +507,7 @@ unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, l: c_int) -> c_int {
 }
 unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
     guard(ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, || {
-        forward!(
-            f,
-            xCheckReservedLock,
-            ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
-            out
-        )
+        forward!(f, xCheckReservedLock, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK, out)
     })
 }
 
@@ -568,9 +521,9 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
         "journal_mode" if v != "wal" => Some(format!(
             "replicated: journal_mode={v} refused: a replicated database must stay in WAL mode"
         )),
-        "locking_mode" if v == "exclusive" => Some(
-            "replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into(),
-        ),
+        "locking_mode" if v == "exclusive" => {
+            Some("replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into())
+        }
         "synchronous" if matches!(v.as_str(), "0" | "off" | "1" | "normal") => Some(format!(
             "replicated: synchronous={v} refused: the commit hook needs synchronous=FULL (or EXTRA)"
         )),
@@ -578,11 +531,7 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
     }
 }
 
-unsafe extern "C" fn x_file_control(
-    f: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
+unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let rf = f as *mut ReplFile;
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
@@ -634,12 +583,7 @@ unsafe extern "C" fn x_shm_map(
     })
 }
 
-unsafe extern "C" fn x_shm_lock(
-    f: *mut ffi::sqlite3_file,
-    offset: c_int,
-    n: c_int,
-    flags: c_int,
-) -> c_int {
+unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
     guard(ffi::SQLITE_IOERR_SHMLOCK, || {
         let rf = f as *mut ReplFile;
         if (*rf).kind != Kind::Main || (*rf).main.is_null() {
@@ -667,9 +611,7 @@ unsafe extern "C" fn x_shm_lock(
                     // Tripwire: a commit frame was written but no commit sync was seen, so a
                     // transaction was published without replication (synchronous below FULL?).
                     if let Some(db) = &st.db {
-                        db.poison(
-                            "a transaction was committed without passing the commit hook".into(),
-                        );
+                        db.poison("a transaction was committed without passing the commit hook".into());
                     }
                 }
                 st.commit_pending = false;
@@ -687,9 +629,7 @@ unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
     })
 }
 unsafe extern "C" fn x_shm_unmap(f: *mut ffi::sqlite3_file, del: c_int) -> c_int {
-    guard(ffi::SQLITE_IOERR, || {
-        forward!(f, xShmUnmap, ffi::SQLITE_OK, del)
-    })
+    guard(ffi::SQLITE_IOERR, || forward!(f, xShmUnmap, ffi::SQLITE_OK, del))
 }
 unsafe extern "C" fn x_fetch(
     f: *mut ffi::sqlite3_file,
@@ -705,11 +645,7 @@ unsafe extern "C" fn x_fetch(
         forward!(f, xFetch, ffi::SQLITE_OK, off, n, pp)
     })
 }
-unsafe extern "C" fn x_unfetch(
-    f: *mut ffi::sqlite3_file,
-    off: ffi::sqlite3_int64,
-    p: *mut c_void,
-) -> c_int {
+unsafe extern "C" fn x_unfetch(f: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, p: *mut c_void) -> c_int {
     guard(ffi::SQLITE_IOERR_MMAP, || {
         if rm(f).iVersion < 3 {
             return ffi::SQLITE_OK;
@@ -727,10 +663,7 @@ mod tests {
         assert!(refused_pragma("journal_mode", Some("delete")).is_some());
         assert!(refused_pragma("JOURNAL_MODE", Some("'memory'")).is_some());
         assert!(refused_pragma("journal_mode", Some("WAL")).is_none());
-        assert!(
-            refused_pragma("journal_mode", None).is_none(),
-            "a query is fine"
-        );
+        assert!(refused_pragma("journal_mode", None).is_none(), "a query is fine");
         assert!(refused_pragma("locking_mode", Some("EXCLUSIVE")).is_some());
         assert!(refused_pragma("locking_mode", Some("normal")).is_none());
         for v in ["0", "off", "1", "NORMAL"] {

@@ -166,14 +166,9 @@ impl FrameHeader {
 
     /// Verifies `frame` (header + page) against the header's salts and the running checksum;
     /// returns the frame's cumulative checksum when valid.
-    pub fn verify(
-        hdr: &WalHeader,
-        running: (u32, u32),
-        frame: &[u8],
-    ) -> Option<(FrameHeader, (u32, u32))> {
+    pub fn verify(hdr: &WalHeader, running: (u32, u32), frame: &[u8]) -> Option<(FrameHeader, (u32, u32))> {
         let fh = FrameHeader::parse(frame)?;
-        if fh.pgno == 0 || fh.salt != hdr.salt || frame.len() != FRAME_HDR + hdr.page_size as usize
-        {
+        if fh.pgno == 0 || fh.salt != hdr.salt || frame.len() != FRAME_HDR + hdr.page_size as usize {
             return None;
         }
         let ck = checksum(&frame[..8], running, hdr.big_endian);
@@ -217,9 +212,7 @@ pub struct CommitPoint {
 
 /// Walks a WAL through `read_at(offset, buf) -> bool` (false = short read / end) and returns the
 /// header and every valid commit frame, in order: exactly what recovery would accept.
-pub fn scan(
-    mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
-) -> Option<(WalHeader, Vec<CommitPoint>)> {
+pub fn scan(mut read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Option<(WalHeader, Vec<CommitPoint>)> {
     let mut hb = [0u8; WAL_HDR];
     if !read_at(0, &mut hb) {
         return None;
@@ -290,10 +283,7 @@ mod tests {
         };
         let (_, commits) = scan(read(&file)).unwrap_or_else(|| panic!("scan"));
         assert_eq!(
-            commits
-                .iter()
-                .map(|c| (c.frame, c.db_size))
-                .collect::<Vec<_>>(),
+            commits.iter().map(|c| (c.frame, c.db_size)).collect::<Vec<_>>(),
             vec![(2, 2), (4, 3)]
         );
         // Corrupt frame 3's page: only the first commit survives.
@@ -310,10 +300,7 @@ mod tests {
     #[test]
     fn checksum_known_vector() {
         // Little-endian words (1,2) then (3,4): s1=1+0=1, s2=2+1=3; s1=1+3+3=7, s2=3+4+7=14.
-        let d = [1u32, 2, 3, 4]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect::<Vec<_>>();
+        let d = [1u32, 2, 3, 4].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<_>>();
         assert_eq!(checksum(&d, (0, 0), false), (7, 14));
     }
 }
