@@ -2,9 +2,8 @@
  * replicated.h — use the sqlite-replicated extension (libreplicated.so) from a C or C++ program.
  *
  * libreplicated is a SQLite loadable extension. Its entry point registers a VFS named "replicated"
- * and the SQL functions replicated_status(), replicated_leader(), replicated_sync(),
- * replicated_add_node(), replicated_remove_node(), replicated_transfer_leader() and
- * replicated_last_error(). It calls SQLite only through the sqlite3_api_routines table it is handed,
+ * and the SQL functions replicated_status(), replicated_leader() and replicated_last_error()
+ * (README.md lists what each build provides). It calls SQLite only through the sqlite3_api_routines table it is handed,
  * so it works with whichever SQLite your program uses (the system libsqlite3, or an amalgamation
  * compiled into the program) as long as that SQLite is at least 3.34.1 and was not built with
  * SQLITE_OMIT_LOAD_EXTENSION.
