@@ -6,6 +6,7 @@
 //! vfs/      intercept: wrap the OS VFS, capture a transaction at the WAL commit sync
 //! node.rs   the hub: one Raft group per database; write gating; the blocking commit
 //! raft/     agree: openraft glue — log store (fsync'd segments), state machine, applied record
+//! apply.rs follower apply: SQLite's writer protocol on the WAL and wal-index
 //! reconcile the restart path: make the WAL agree with the Raft log before anyone reads
 //! wal/      pure formats: WAL header, frames, checksums
 //! sql/      the admin surface (replicated_* functions)
@@ -13,6 +14,7 @@
 //! ```
 //! This file holds only the entry points. Both are `extern "C"` and catch panics.
 
+pub mod apply;
 pub mod config;
 pub mod failpoint;
 pub mod ffi;

@@ -315,7 +315,15 @@ impl Database {
                 path.display()
             );
         }
-        let sm = SmShared::new(cfg.node, store, rec.applied, rec.last_txn, rec.membership);
+        let applier = crate::apply::ApplierHandle::spawn(path.display().to_string())?;
+        let sm = SmShared::new(
+            cfg.node,
+            store,
+            rec.applied,
+            rec.last_txn,
+            rec.membership,
+            applier.clone(),
+        );
 
         let raft_cfg = openraft::Config {
             cluster_name: "replicated".into(),
@@ -364,6 +372,7 @@ impl Database {
             pid: std::process::id(),
             _lock: lock,
         });
+        applier.attach(Arc::downgrade(&db));
         Ok(db)
     }
 
@@ -554,10 +563,7 @@ impl Database {
             cksum: cap.pos.commit_cksum,
             db_size: cap.db_size,
         };
-        if let Err(e) = self.sm.store.append(&rec) {
-            // Committed in Raft; the record only speeds up restarts. Replay covers it.
-            tracing::warn!("replicated: cannot write the applied-state record: {e}");
-        }
+        self.record_applied(&rec);
         failpoint::hit("commit.after_record").map_err(fail)?;
         Ok(())
     }
@@ -573,6 +579,14 @@ impl Database {
             .store
             .set_marker(m)
             .map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
+    }
+
+    /// Where an applied transaction sits in the WAL (written before it is published).
+    pub fn record_applied(&self, rec: &Record) {
+        if let Err(e) = self.sm.store.append(rec) {
+            // The entry is committed; the record only lets a restart keep the WAL. Replay covers it.
+            tracing::warn!("replicated: cannot write the applied-state record: {e}");
+        }
     }
 
     pub fn on_checkpoint_start(&self) -> Result<(), String> {

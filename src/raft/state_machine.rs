@@ -8,15 +8,17 @@
 //!   The state machine claims the entry (nothing to write) and SQLite publishes the frames when
 //!   the commit sync returns. `PendingCommit` arbitrates between the claim and a commit that gave
 //!   up (timeout): exactly one of them wins, under its mutex.
-//! - *Applied from the log* (followers, and a leader whose own proposal timed out but was committed
-//!   later). That needs the follower apply path (`apply.rs`, wal-index writer protocol). Until this
-//!   node has it, such an entry poisons the node: writes are refused with a message, reads keep the
-//!   last consistent state, and a restart replays the entry (reconcile.rs). Nothing diverges.
+//! - *Applied from the log* (followers, and a leader for entries of an earlier term or a proposal
+//!   of its own that timed out but was committed later): the applier thread (`apply.rs`) writes
+//!   the frames and publishes them through the wal-index as SQLite's writer would. If that fails,
+//!   the node is poisoned: writes are refused with a message, reads keep the last consistent
+//!   state, and a restart replays the entry from the log (reconcile.rs). Nothing diverges.
 //!
 //! Snapshots are not built in this version (snapshot policy "never"): the log is kept whole.
 
+use crate::apply::ApplierHandle;
 use crate::raft::applied::AppliedStore;
-use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, TypeConfig};
+use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, Txn, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use parking_lot::Mutex;
@@ -71,6 +73,7 @@ impl PendingCommit {
 
 pub struct SmShared {
     pub node_id: NodeId,
+    applier: ApplierHandle,
     pub store: AppliedStore,
     state: Mutex<SmState>,
     /// Index of the last transaction entry that is part of the state (the base for new ones).
@@ -92,8 +95,10 @@ impl SmShared {
         applied: Option<LogId>,
         last_txn: u64,
         membership: StoredMembership<NodeId, BasicNode>,
+        applier: ApplierHandle,
     ) -> Arc<SmShared> {
         Arc::new(SmShared {
+            applier,
             node_id,
             store,
             state: Mutex::new(SmState { applied, membership }),
@@ -116,12 +121,15 @@ impl SmShared {
         }
     }
 
-    fn apply_one(&self, e: &Entry) -> Response {
+    /// Decides what entry `e` does to the state (identically on every node) and returns the
+    /// response plus, when the pages must be written from the log, the transaction to apply.
+    fn decide(&self, e: Entry) -> (Response, Option<(Txn, u64, u64)>) {
         let mut st = self.state.lock();
-        let resp = match &e.payload {
+        let mut job = None;
+        let resp = match e.payload {
             EntryPayload::Blank => Response::None,
             EntryPayload::Membership(m) => {
-                st.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                st.membership = StoredMembership::new(Some(e.log_id), m);
                 if let Err(err) = self.store.save_membership(&st.membership) {
                     self.poison(format!("cannot persist membership: {err}"));
                 }
@@ -137,7 +145,9 @@ impl SmShared {
                         last_txn_index: last,
                     }
                 } else {
+                    // Failpoint `sm.claim`: decline the claim, as when the committer already gave up.
                     let claimed = t.origin == self.node_id
+                        && crate::failpoint::hit("sm.claim").is_ok()
                         && match self.pending.lock().as_ref() {
                             Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed {
                                 index,
@@ -146,10 +156,7 @@ impl SmShared {
                             _ => false,
                         };
                     if !claimed {
-                        self.poison(format!(
-                            "log entry {index} must be applied from the log, which needs a restart of this node \
-                             (follower apply is not available in this build)"
-                        ));
+                        job = Some((t, index, e.log_id.leader_id.term));
                     }
                     self.last_txn.store(index, Ordering::Release);
                     Response::Applied { index }
@@ -157,7 +164,7 @@ impl SmShared {
             }
         };
         st.applied = Some(e.log_id);
-        resp
+        (resp, job)
     }
 }
 
@@ -189,7 +196,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        Ok(entries.into_iter().map(|e| self.0.apply_one(&e)).collect())
+        let mut out = Vec::new();
+        for e in entries {
+            let (resp, job) = self.0.decide(e);
+            if let Some((txn, index, term)) = job {
+                if self.0.poisoned.lock().is_none() {
+                    if let Err(err) = self.0.applier.apply(txn, index, term).await {
+                        self.0.poison(format!("applying log entry {index} failed: {err}"));
+                    }
+                }
+            }
+            out.push(resp);
+        }
+        Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -81,8 +81,8 @@ fn base() -> *mut ffi::sqlite3_vfs {
 }
 
 thread_local! {
-    /// Set while the node opens one of its own connections on this thread.
-    pub static INTERNAL_OPEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while the node opens one of its own connections (the applier's) on this thread.
+    pub static INTERNAL_OPEN: std::cell::RefCell<Option<Arc<Database>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Registers the VFS once per process (idempotent). Returns an SQLite result code.
@@ -192,10 +192,11 @@ unsafe extern "C" fn v_open(
         // A replicated main database is prepared (genesis, reconcile) before SQLite opens it.
         let mut state = None;
         if kind == Kind::Main && !z_name.is_null() {
-            let internal = INTERNAL_OPEN.with(|c| c.get());
+            let internal_db = INTERNAL_OPEN.with(|c| c.borrow().clone());
+            let internal = internal_db.is_some();
             let path = cstr(z_name).unwrap_or_default();
             let (db, err) = if internal {
-                (crate::node::registry_get(&path), None)
+                (internal_db, None)
             } else {
                 match crate::node::open_database(&path, uri_pairs(z_name), flags & ffi::SQLITE_OPEN_READONLY != 0) {
                     Ok(db) => (Some(db), None),
@@ -394,20 +395,19 @@ unsafe extern "C" fn x_write(
         }
         if (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
             let st = &mut *(*rf).main;
-            if !st.internal {
-                if n == 24 && off >= 32 {
-                    // A frame header: a non-zero "database size after commit" marks the commit frame.
-                    let h = std::slice::from_raw_parts(buf as *const u8, 24);
-                    if crate::wal::frames::be32(h, 4) != 0 {
-                        st.commit_pending = true;
-                    }
-                } else if n == 32 && off == 0 {
-                    // A new WAL generation begins: everything before it was backfilled and synced.
-                    if let Some(db) = &st.db {
-                        if let Err(e) = db.on_wal_reset() {
-                            sqlite_log(ffi::SQLITE_IOERR_WRITE, &e);
-                            return ffi::SQLITE_IOERR_WRITE;
-                        }
+            if n == 24 && off >= 32 && !st.internal {
+                // A frame header: a non-zero "database size after commit" marks the commit frame.
+                let h = std::slice::from_raw_parts(buf as *const u8, 24);
+                if crate::wal::frames::be32(h, 4) != 0 {
+                    st.commit_pending = true;
+                }
+            } else if n == 32 && off == 0 {
+                // A new WAL generation begins (SQLite's writer or the applier writes its header):
+                // everything before it was backfilled and synced.
+                if let Some(db) = &st.db {
+                    if let Err(e) = db.on_wal_reset() {
+                        sqlite_log(ffi::SQLITE_IOERR_WRITE, &e);
+                        return ffi::SQLITE_IOERR_WRITE;
                     }
                 }
             }
@@ -424,7 +424,7 @@ unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: ffi::sqlite3_in
         }
         if (*rf).kind == Kind::Wal && size == 0 && !(*rf).main.is_null() {
             let st = &*(*rf).main;
-            if let (false, Some(db)) = (st.internal, &st.db) {
+            if let Some(db) = &st.db {
                 if let Err(e) = db.on_wal_reset() {
                     sqlite_log(ffi::SQLITE_IOERR_TRUNCATE, &e);
                     return ffi::SQLITE_IOERR_TRUNCATE;
@@ -548,7 +548,7 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                     }
                 }
                 ffi::SQLITE_FCNTL_CKPT_START => {
-                    if let (false, Some(db)) = (st.internal, &st.db) {
+                    if let Some(db) = &st.db {
                         // The checkpoint is about to copy frames into the database file: make
                         // the applied-state records that describe them durable first.
                         if let Err(e) = db.on_checkpoint_start() {

@@ -1,0 +1,525 @@
+//! Follower apply: appending a committed transaction to this node's WAL and publishing it through
+//! the wal-index, exactly as SQLite's own writer does (notes §3.4; `walFrames`, `walIndexAppend`,
+//! `walIndexWriteHdr`, `walRestartHdr` in SQLite's wal.c). Used on followers, and on a leader for
+//! entries it did not capture itself (committed in an earlier term, or a proposal that timed out).
+//!
+//! ```text
+//! wal-index (-shm), 32 KiB regions, host byte order. Region 0 starts with:
+//!   0  header copy [0]   48  header copy [1]      (each: iVersion, unused, iChange, isInit u8,
+//!                                                  bigEndCksum u8, szPage u16, mxFrame, nPage,
+//!                                                  aFrameCksum[2], aSalt[2], aCksum[2])
+//!   96 nBackfill  100 aReadMark[5]  120 lock bytes[8]  128 nBackfillAttempted  (136 bytes in all)
+//! Every region then holds u32 aPgno[4096] (region 0: 4062 of them, after the 136-byte header)
+//! and u16 aHash[8192] at byte 16384. Frame f lives in region (f+33)/4096; the hash of page P is
+//! (P*383) & 8191 with linear probing; a slot holds the 1-based index of the frame in its region.
+//! ```
+//! Protocol, for one transaction:
+//! 1. Take WAL_WRITE_LOCK through SQLite's lock layer: `xShmLock` on the main-file handle of a
+//!    dedicated, idle connection (never fcntl locks of our own: POSIX locks do not conflict inside
+//!    one process, and the unix VFS arbitrates in-process locks in memory).
+//! 2. Read the header (copy [0], barrier, copy [1]; equal, initialised, checksum valid). If it is
+//!    not, let SQLite recover it (a read on the applier connection) and start again.
+//! 3. If every frame is backfilled (nBackfill == mxFrame > 0) and READ_LOCK(1..4) can be taken,
+//!    restart the WAL: salt-1 + 1, a new salt-2, mxFrame 0, publish, reset the checkpoint info.
+//! 4. On an empty WAL write a new WAL header (and sync it: it must be on disk before any frame).
+//! 5. Write the frames after mxFrame with this node's salts and checksum chain; the last one
+//!    carries the database size.
+//! 6. Append the hash entries (clearing stale ones left by an abandoned writer, as SQLite does).
+//! 7. Record where the transaction sits (applied-state record), then publish: header copy [1],
+//!    full barrier, copy [0], with iChange + 1. That store is the visibility point: readers in this
+//!    process and in others keep their snapshots, new readers see the transaction.
+//! 8. Release WAL_WRITE_LOCK.
+//!
+//! The WAL is not synced at commit (the Raft log, already durable, can rebuild it; see
+//! reconcile.rs); SQLite syncs it before any checkpoint copies frames into the database file.
+//! Followers never auto-checkpoint (SQLite's WAL hook fires only for its own commits), so the
+//! applier runs a PASSIVE checkpoint once the WAL holds CHECKPOINT_FRAMES frames; the next apply
+//! then restarts the WAL (step 3).
+//!
+//! Must never: invalidate the header to force recovery (readers would stall in O(WAL) recovery
+//! after every apply), write a frame for a transaction that is not committed in Raft, or apply on
+//! top of a failed apply (after a failure the applier refuses everything until the node restarts,
+//! and restart replays from the log).
+
+use crate::ffi::cstr;
+use crate::node::Database;
+use crate::raft::applied::Record;
+use crate::raft::types::Txn;
+use crate::wal::frames::{self, checksum, WalHeader, WAL_HDR};
+use libsqlite3_sys as ffi;
+use std::ffi::{c_void, CString};
+use std::ptr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+const REGION: i32 = 32768;
+const INDEX_HDR_SIZE: usize = 136;
+const NPAGE: u32 = 4096;
+const NPAGE_ONE: u32 = NPAGE - (INDEX_HDR_SIZE / 4) as u32;
+const NSLOT: u32 = 8192;
+const READMARK_NOT_USED: u32 = 0xffff_ffff;
+/// Run a PASSIVE checkpoint once the WAL holds this many frames (SQLite's default autocheckpoint).
+pub const CHECKPOINT_FRAMES: u32 = 1000;
+/// Longest wait for WAL_WRITE_LOCK (held briefly by checkpoints and recovery) before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Bound on queued jobs; the state machine waits for each apply, so one is ever outstanding.
+const QUEUE: usize = 16;
+
+pub type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+enum Job {
+    Attach(Weak<Database>),
+    Apply {
+        txn: Txn,
+        index: u64,
+        term: u64,
+        reply: Reply,
+    },
+}
+
+/// The state machine's handle to the applier thread.
+#[derive(Clone)]
+pub struct ApplierHandle {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl ApplierHandle {
+    /// Starts the applier thread for the database at `path`. It opens its connection at the first
+    /// job, after `attach`.
+    pub fn spawn(path: String) -> Result<ApplierHandle, String> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        std::thread::Builder::new()
+            .name("replicated-apply".into())
+            .spawn(move || run(path, rx))
+            .map_err(|e| format!("replicated: cannot start the apply thread: {e}"))?;
+        Ok(ApplierHandle { tx })
+    }
+
+    pub fn attach(&self, db: Weak<Database>) {
+        let _ = self.tx.try_send(Job::Attach(db));
+    }
+
+    /// Applies `txn` (committed at `index`); resolves when it is published.
+    pub async fn apply(&self, txn: Txn, index: u64, term: u64) -> Result<(), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .try_send(Job::Apply {
+                txn,
+                index,
+                term,
+                reply,
+            })
+            .map_err(|e| format!("apply queue: {e}"))?;
+        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+    }
+}
+
+fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
+    let mut db: Option<Weak<Database>> = None;
+    let mut conn: Option<Conn> = None;
+    let mut broken: Option<String> = None;
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Attach(w) => db = Some(w),
+            Job::Apply {
+                txn,
+                index,
+                term,
+                reply,
+            } => {
+                let r = crate::ffi::guard(Err("panic in the applier".into()), || {
+                    if let Some(b) = &broken {
+                        return Err(format!("an earlier apply failed ({b}); restart the node to replay"));
+                    }
+                    let Some(d) = db.as_ref().and_then(Weak::upgrade) else {
+                        return Err("the database is gone".into());
+                    };
+                    if conn.is_none() {
+                        conn = Some(Conn::open(&path, &d)?);
+                    }
+                    let Some(c) = conn.as_mut() else {
+                        return Err("no connection".into());
+                    };
+                    let r = c.apply(&d, &txn, index, term);
+                    if let Err(e) = &r {
+                        broken = Some(e.clone());
+                    }
+                    r
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+    if let Some(c) = conn.take() {
+        drop(c);
+    }
+}
+
+/// The applier's own connection: idle, used for its file handles (locks, shm, WAL).
+struct Conn {
+    db: *mut ffi::sqlite3,
+    main: *mut ffi::sqlite3_file,
+    wal: *mut ffi::sqlite3_file,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: the connection was opened by us and is used by this thread only.
+        unsafe { ffi::sqlite3_close(self.db) };
+    }
+}
+
+unsafe fn file_pointer(db: *mut ffi::sqlite3, op: i32) -> *mut ffi::sqlite3_file {
+    let mut f: *mut ffi::sqlite3_file = ptr::null_mut();
+    ffi::sqlite3_file_control(db, c"main".as_ptr(), op, &mut f as *mut _ as *mut c_void);
+    f
+}
+
+/// Header copy as 12 native u32 words.
+type Hdr = [u32; 12];
+
+fn hdr_cksum(h: &Hdr) -> (u32, u32) {
+    let mut b = [0u8; 40];
+    for (i, w) in h[..10].iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    checksum(&b, (0, 0), cfg!(target_endian = "big"))
+}
+
+impl Conn {
+    fn open(path: &str, db: &Arc<Database>) -> Result<Conn, String> {
+        let p = CString::new(path).map_err(|e| e.to_string())?;
+        let mut h: *mut ffi::sqlite3 = ptr::null_mut();
+        crate::vfs::INTERNAL_OPEN.with(|c| c.replace(Some(db.clone())));
+        // SAFETY: plain API calls on a connection this thread owns.
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                p.as_ptr(),
+                &mut h,
+                ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX,
+                crate::vfs::VFS_NAME.as_ptr(),
+            )
+        };
+        crate::vfs::INTERNAL_OPEN.with(|c| c.replace(None));
+        let conn = Conn {
+            db: h,
+            main: ptr::null_mut(),
+            wal: ptr::null_mut(),
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("applier: cannot open {path}: {}", conn.errmsg()));
+        }
+        let mut conn = conn;
+        conn.read_once()?; // opens the WAL, and recovers the wal-index if it needs it
+                           // SAFETY: the connection is open; the pointers stay valid while it is.
+        unsafe {
+            conn.main = file_pointer(conn.db, ffi::SQLITE_FCNTL_FILE_POINTER);
+            conn.wal = file_pointer(conn.db, ffi::SQLITE_FCNTL_JOURNAL_POINTER);
+        }
+        if conn.main.is_null() || conn.wal.is_null() || unsafe { (*conn.wal).pMethods.is_null() } {
+            return Err("applier: the database is not open in WAL mode".into());
+        }
+        Ok(conn)
+    }
+
+    fn errmsg(&self) -> String {
+        // SAFETY: errmsg on a (possibly failed) handle is allowed.
+        unsafe { cstr(ffi::sqlite3_errmsg(self.db)).unwrap_or_default() }
+    }
+
+    fn exec(&self, sql: &std::ffi::CStr) -> Result<(), String> {
+        // SAFETY: a statement on our own idle connection.
+        let rc = unsafe { ffi::sqlite3_exec(self.db, sql.as_ptr(), None, ptr::null_mut(), ptr::null_mut()) };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("applier: {}: {}", sql.to_string_lossy(), self.errmsg()));
+        }
+        Ok(())
+    }
+
+    /// A read transaction: makes SQLite open the WAL and rebuild a stale wal-index.
+    fn read_once(&self) -> Result<(), String> {
+        self.exec(c"SELECT count(*) FROM sqlite_schema")
+    }
+
+    unsafe fn shm_lock(&self, offset: i32, n: i32, flags: i32) -> i32 {
+        match (*(*self.main).pMethods).xShmLock {
+            Some(f) => f(self.main, offset, n, flags),
+            None => ffi::SQLITE_IOERR_SHMLOCK,
+        }
+    }
+
+    unsafe fn region(&self, i: i32) -> Result<*mut u8, String> {
+        let Some(map) = (*(*self.main).pMethods).xShmMap else {
+            return Err("no xShmMap".into());
+        };
+        let mut p: *mut c_void = ptr::null_mut();
+        let rc = map(self.main, i, REGION, 1, &mut p as *mut _);
+        if rc != ffi::SQLITE_OK || p.is_null() {
+            return Err(format!("applier: wal-index region {i} unavailable ({rc})"));
+        }
+        Ok(p as *mut u8)
+    }
+
+    unsafe fn barrier(&self) {
+        if let Some(b) = (*(*self.main).pMethods).xShmBarrier {
+            b(self.main);
+        }
+    }
+
+    unsafe fn wal_io(&self, write: bool, buf: *mut u8, n: usize, off: u64) -> Result<(), String> {
+        let m = &*(*self.wal).pMethods;
+        let rc = if write {
+            m.xWrite
+                .map(|f| f(self.wal, buf as *const c_void, n as i32, off as i64))
+        } else {
+            m.xRead.map(|f| f(self.wal, buf as *mut c_void, n as i32, off as i64))
+        }
+        .unwrap_or(ffi::SQLITE_IOERR);
+        if rc != ffi::SQLITE_OK {
+            return Err(format!(
+                "applier: WAL {} at {off} failed ({rc})",
+                if write { "write" } else { "read" }
+            ));
+        }
+        Ok(())
+    }
+
+    unsafe fn read_hdr(&self, r0: *mut u8) -> Option<Hdr> {
+        let w = r0 as *const u32;
+        let mut a = [0u32; 12];
+        let mut b = [0u32; 12];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = ptr::read_volatile(w.add(i));
+        }
+        self.barrier();
+        for (i, v) in b.iter_mut().enumerate() {
+            *v = ptr::read_volatile(w.add(12 + i));
+        }
+        let is_init = a[3].to_ne_bytes()[0] != 0;
+        (a == b && is_init && hdr_cksum(&a) == (a[10], a[11])).then_some(a)
+    }
+
+    unsafe fn publish(&self, r0: *mut u8, h: &mut Hdr) {
+        h[0] = 3_007_000;
+        h[1] = 0;
+        let mut b = h[3].to_ne_bytes();
+        b[0] = 1; // isInit
+        h[3] = u32::from_ne_bytes(b);
+        let ck = hdr_cksum(h);
+        h[10] = ck.0;
+        h[11] = ck.1;
+        let w = r0 as *mut u32;
+        for (i, v) in h.iter().enumerate() {
+            ptr::write_volatile(w.add(12 + i), *v);
+        }
+        self.barrier();
+        for (i, v) in h.iter().enumerate() {
+            ptr::write_volatile(w.add(i), *v);
+        }
+    }
+
+    /// `walIndexAppend` for frame `frame` holding page `pgno`; `committed` is the published mxFrame.
+    unsafe fn index_append(&self, committed: u32, frame: u32, pgno: u32) -> Result<(), String> {
+        let block = (frame + NPAGE - NPAGE_ONE - 1) / NPAGE;
+        let base = self.region(block as i32)?;
+        let a_hash = base.add(NPAGE as usize * 4) as *mut u16;
+        let (a_pgno, zero) = if block == 0 {
+            (base.add(INDEX_HDR_SIZE) as *mut u32, 0)
+        } else {
+            (base as *mut u32, NPAGE_ONE + (block - 1) * NPAGE)
+        };
+        let idx = frame - zero;
+        if idx == 1 {
+            let n = a_hash.add(NSLOT as usize) as usize - a_pgno as usize;
+            ptr::write_bytes(a_pgno as *mut u8, 0, n);
+        }
+        if ptr::read_volatile(a_pgno.add(idx as usize - 1)) != 0 {
+            self.cleanup_hash(committed)?;
+        }
+        let mut key = (pgno.wrapping_mul(383)) & (NSLOT - 1);
+        let mut collide = idx;
+        while ptr::read_volatile(a_hash.add(key as usize)) != 0 {
+            if collide == 0 {
+                return Err("applier: wal-index hash table is corrupt".into());
+            }
+            collide -= 1;
+            key = (key + 1) & (NSLOT - 1);
+        }
+        ptr::write_volatile(a_pgno.add(idx as usize - 1), pgno);
+        ptr::write_volatile(a_hash.add(key as usize), idx as u16);
+        Ok(())
+    }
+
+    /// `walCleanupHash`: forget hash entries above the published mxFrame in its block.
+    unsafe fn cleanup_hash(&self, committed: u32) -> Result<(), String> {
+        if committed == 0 {
+            return Ok(());
+        }
+        let block = (committed + NPAGE - NPAGE_ONE - 1) / NPAGE;
+        let base = self.region(block as i32)?;
+        let a_hash = base.add(NPAGE as usize * 4) as *mut u16;
+        let (a_pgno, zero) = if block == 0 {
+            (base.add(INDEX_HDR_SIZE) as *mut u32, 0)
+        } else {
+            (base as *mut u32, NPAGE_ONE + (block - 1) * NPAGE)
+        };
+        let limit = committed - zero;
+        for i in 0..NSLOT as usize {
+            if u32::from(ptr::read_volatile(a_hash.add(i))) > limit {
+                ptr::write_volatile(a_hash.add(i), 0);
+            }
+        }
+        let from = a_pgno.add(limit as usize) as *mut u8;
+        ptr::write_bytes(from, 0, a_hash as usize - from as usize);
+        Ok(())
+    }
+
+    fn apply(&mut self, db: &Database, txn: &Txn, index: u64, term: u64) -> Result<(), String> {
+        crate::failpoint::hit("apply.before").map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut recovered = false;
+        loop {
+            // SAFETY: all shm and WAL access below happens under WAL_WRITE_LOCK, on handles of
+            // our own connection, through the wrapped VFS.
+            let rc = unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
+            if rc == ffi::SQLITE_BUSY {
+                if Instant::now() > deadline {
+                    return Err("applier: WAL write lock busy for too long".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            if rc != ffi::SQLITE_OK {
+                return Err(format!("applier: cannot take the WAL write lock ({rc})"));
+            }
+            let r = unsafe { self.apply_locked(db, txn, index, term) };
+            unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
+            match r {
+                Ok(frames) => {
+                    if frames >= CHECKPOINT_FRAMES {
+                        // Best effort: a busy checkpoint simply tries again after the next apply.
+                        let _ = self.exec(c"PRAGMA wal_checkpoint(PASSIVE)");
+                    }
+                    return Ok(());
+                }
+                Err(None) if !recovered => {
+                    // The header needs recovery: let SQLite do it with a read, then retry.
+                    self.read_once()?;
+                    recovered = true;
+                }
+                Err(None) => return Err("applier: the wal-index header stays invalid after recovery".into()),
+                Err(Some(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Steps 2–7 of the module comment. Ok(mxFrame after); Err(None) = header needs recovery.
+    unsafe fn apply_locked(&self, db: &Database, txn: &Txn, index: u64, term: u64) -> Result<u32, Option<String>> {
+        let r0 = self.region(0).map_err(Some)?;
+        let Some(mut h) = self.read_hdr(r0) else {
+            return Err(None);
+        };
+        let ps = txn.page_size;
+        let ckpt = r0.add(96) as *mut u32; // nBackfill, aReadMark[5], locks, nBackfillAttempted
+        let mut mx = h[4];
+        let mut nckpt_next = None;
+        // 3. Restart a fully backfilled WAL.
+        if mx > 0 && ptr::read_volatile(ckpt) == mx {
+            let rc = self.shm_lock(4, 4, ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE);
+            if rc == ffi::SQLITE_OK {
+                let mut wh = [0u8; WAL_HDR];
+                let _ = self.wal_io(false, wh.as_mut_ptr(), WAL_HDR, 0);
+                nckpt_next = Some(frames::be32(&wh, 12).wrapping_add(1));
+                let salt = h[8].to_ne_bytes();
+                let s1 = u32::from_be_bytes(salt).wrapping_add(1);
+                h[8] = u32::from_ne_bytes(s1.to_be_bytes());
+                h[9] = u32::from_ne_bytes(crate::reconcile::random_salt()[..4].try_into().unwrap_or([7; 4]));
+                h[4] = 0;
+                mx = 0;
+                self.publish(r0, &mut h);
+                ptr::write_volatile(ckpt, 0); // nBackfill
+                ptr::write_volatile(r0.add(128) as *mut u32, 0); // nBackfillAttempted
+                ptr::write_volatile(ckpt.add(2), 0); // aReadMark[1]
+                for i in 3..=5 {
+                    ptr::write_volatile(ckpt.add(i), READMARK_NOT_USED);
+                }
+                self.shm_lock(4, 4, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE);
+            }
+        }
+        // 4. A new WAL header when the WAL is empty.
+        let wal_hdr = if mx == 0 {
+            let mut salt = [0u8; 8];
+            salt[..4].copy_from_slice(&h[8].to_ne_bytes());
+            salt[4..].copy_from_slice(&h[9].to_ne_bytes());
+            let seq = nckpt_next.unwrap_or(0);
+            if seq == 0 || salt == [0u8; 8] {
+                salt = crate::reconcile::random_salt();
+            }
+            let wh = WalHeader::new(ps, seq, salt);
+            let mut b = wh.encode();
+            self.wal_io(true, b.as_mut_ptr(), WAL_HDR, 0).map_err(Some)?;
+            if let Some(sync) = (*(*self.wal).pMethods).xSync {
+                let rc = sync(self.wal, ffi::SQLITE_SYNC_NORMAL);
+                if rc != ffi::SQLITE_OK {
+                    return Err(Some(format!("applier: syncing the WAL header failed ({rc})")));
+                }
+            }
+            h[8] = u32::from_ne_bytes([salt[0], salt[1], salt[2], salt[3]]);
+            h[9] = u32::from_ne_bytes([salt[4], salt[5], salt[6], salt[7]]);
+            // isInit (u8), bigEndCksum (u8), szPage (u16; 65536 is stored as 1), in memory order.
+            let sz = (((ps & 0xff00) | (ps >> 16)) as u16).to_ne_bytes();
+            let b = h[3].to_ne_bytes();
+            h[3] = u32::from_ne_bytes([b[0], wh.big_endian as u8, sz[0], sz[1]]);
+            h[6] = wh.cksum.0;
+            h[7] = wh.cksum.1;
+            wh
+        } else {
+            let mut b = [0u8; WAL_HDR];
+            self.wal_io(false, b.as_mut_ptr(), WAL_HDR, 0).map_err(Some)?;
+            match WalHeader::parse(&b) {
+                Some(wh) if wh.page_size == ps => wh,
+                Some(wh) => {
+                    return Err(Some(format!(
+                        "applier: entry page size {ps} differs from the WAL's {}",
+                        wh.page_size
+                    )))
+                }
+                None => return Err(Some("applier: the WAL header is invalid".into())),
+            }
+        };
+        // 5. Frames.
+        let mut running = (h[6], h[7]);
+        let mut buf = Vec::with_capacity(ps as usize + frames::FRAME_HDR);
+        let n = txn.pgnos.len();
+        for (i, &pg) in txn.pgnos.iter().enumerate() {
+            let commit = if i + 1 == n { txn.db_size } else { 0 };
+            running = frames::encode_frame(&wal_hdr, running, pg, commit, txn.page(i), &mut buf);
+            let off = wal_hdr.frame_offset(mx as u64 + 1 + i as u64);
+            self.wal_io(true, buf.as_mut_ptr(), buf.len(), off).map_err(Some)?;
+        }
+        crate::failpoint::hit("apply.after_frames").map_err(|e| Some(e.to_string()))?;
+        // 6. Hash entries.
+        for (i, &pg) in txn.pgnos.iter().enumerate() {
+            self.index_append(mx, mx + 1 + i as u32, pg).map_err(Some)?;
+        }
+        // 7. Record, then publish.
+        let new_mx = mx + n as u32;
+        let rec = Record {
+            index,
+            term,
+            salt: wal_hdr.salt,
+            commit_frame: new_mx as u64,
+            cksum: running,
+            db_size: txn.db_size,
+        };
+        db.record_applied(&rec);
+        crate::failpoint::hit("apply.before_publish").map_err(|e| Some(e.to_string()))?;
+        h[2] = h[2].wrapping_add(1); // iChange
+        h[4] = new_mx;
+        h[5] = txn.db_size;
+        h[6] = running.0;
+        h[7] = running.1;
+        self.publish(r0, &mut h);
+        Ok(new_mx)
+    }
+}
