@@ -24,12 +24,12 @@ unit:
 
 # Fast suites first, crash tests last.
 integration: build
-	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider test_config.py test_hosts.py test_sql_files.py test_crash.py
+	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider test_config.py test_hosts.py test_sql_files.py test_crash.py test_cluster.py
 
 test: setup build unit integration lint
 
 demo: setup build
-	@bash scripts/demo.sh
+	/usr/bin/python3 scripts/demo.py
 
 bench: setup build
 	/usr/bin/python3 benches/bench.py

@@ -70,7 +70,7 @@ pub struct Peer {
     pub addr: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Auth {
     /// The shared secret itself (read from `secret_file` when that was given).
     Secret(String),
@@ -79,6 +79,20 @@ pub enum Auth {
         cert: PathBuf,
         key: PathBuf,
     },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Secret(_) => f.write_str("Secret(<redacted>)"),
+            Auth::Tls { ca, cert, key } => f
+                .debug_struct("Tls")
+                .field("ca", ca)
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! ```text
 //! vfs/      intercept: wrap the OS VFS, capture a transaction at the WAL commit sync
 //! node.rs   the hub: one Raft group per database; write gating; the blocking commit
+//! net/      carry: QUIC transport (quinn + rustls), authenticated by secret or mutual TLS
 //! raft/     agree: openraft glue — log store (fsync'd segments), state machine, applied record
 //! apply.rs follower apply: SQLite's writer protocol on the WAL and wal-index
 //! reconcile the restart path: make the WAL agree with the Raft log before anyone reads
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod config;
 pub mod failpoint;
 pub mod ffi;
+pub mod net;
 pub mod node;
 pub mod raft;
 pub mod reconcile;

@@ -19,7 +19,7 @@ use crate::config::{Config, Sources};
 use crate::failpoint;
 use crate::raft::applied::{AppliedStore, Marker, Record};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::Isolated;
+use crate::raft::network::{QuicNetwork, RaftService};
 use crate::raft::state_machine::{PendingCommit, PendingState, SmShared, StateMachine};
 use crate::raft::types::{NodeId, Request, Response, Txn, TypeConfig};
 use crate::reconcile;
@@ -82,6 +82,7 @@ pub struct View {
 }
 
 pub struct Database {
+    transport: crate::net::Transport,
     pub path: PathBuf,
     pub cfg: Config,
     raft: Raft<TypeConfig>,
@@ -216,7 +217,7 @@ fn genesis_page() -> Vec<u8> {
 }
 
 /// Makes sure the database file exists and is in WAL mode before SQLite opens it.
-fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
+fn prepare_db_file(path: &Path, has_history: bool, may_seed: bool) -> Result<(), String> {
     use std::io::{Read, Seek, Write};
     let e = |what: &str, err: std::io::Error| format!("replicated: {}: {what}: {err}", path.display());
     let mut f = std::fs::OpenOptions::new()
@@ -246,6 +247,18 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
         }
         return Ok(());
     }
+    if !may_seed {
+        let mut page = vec![0u8; 4096];
+        let is_genesis = len == 4096 && f.read_exact(&mut page).is_ok() && page == genesis_page();
+        if !is_genesis {
+            return Err(format!(
+                "replicated: {}: an existing database can seed only a one-node cluster in this build \
+                 (a node of a multi-node cluster starts from an empty file and needs snapshots otherwise)",
+                path.display()
+            ));
+        }
+        f.seek(std::io::SeekFrom::Start(0)).map_err(|x| e("seek", x))?;
+    }
     let mut hdr = [0u8; 100];
     f.read_exact(&mut hdr)
         .map_err(|x| e("not a SQLite database (short header)", x))?;
@@ -265,6 +278,29 @@ fn prepare_db_file(path: &Path, has_history: bool) -> Result<(), String> {
         f.sync_all().map_err(|x| e("syncing", x))?;
     }
     Ok(())
+}
+
+/// The UDP address to bind: `listen`, else this node's entry in `peers`, else (a restart without
+/// `peers`) this node's address in the stored membership.
+fn resolve_listen(cfg: &Config) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addr = match (&cfg.listen, cfg.own_peer()) {
+        (Some(l), _) => l.clone(),
+        (None, Some(p)) => p.addr.clone(),
+        (None, None) => {
+            let m: Option<openraft::StoredMembership<NodeId, BasicNode>> = std::fs::read(cfg.data.join("membership"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match m.and_then(|m| m.membership().get_node(&cfg.node).map(|n| n.addr.clone())) {
+                Some(a) => a,
+                None => return Err("replicated: missing 'listen' (and 'peers' does not name this node)".into()),
+            }
+        }
+    };
+    addr.to_socket_addrs()
+        .map_err(|e| format!("replicated: bad value for 'listen': cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("replicated: bad value for 'listen': {addr} resolves to nothing"))
 }
 
 fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
@@ -305,7 +341,9 @@ impl Database {
         if fresh && cfg.peers.is_none() {
             return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
-        prepare_db_file(&path, !fresh)?;
+        let n_peers = cfg.peers.as_ref().map(Vec::len).unwrap_or(0);
+        prepare_db_file(&path, !fresh, !fresh || n_peers <= 1)?;
+        let listen = resolve_listen(&cfg)?;
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
         let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial)?;
         if rec.replayed > 0 {
@@ -316,14 +354,30 @@ impl Database {
             );
         }
         let applier = crate::apply::ApplierHandle::spawn(path.display().to_string())?;
+        let service = RaftService::new();
         let sm = SmShared::new(
             cfg.node,
             store,
-            rec.applied,
-            rec.last_txn,
-            rec.membership,
+            rec,
             applier.clone(),
+            service.clone(),
+            cfg.ack == crate::config::Ack::Apply,
         );
+        let net_cfg = crate::net::NetConfig {
+            node_id: cfg.node,
+            listen,
+            auth: cfg.auth.clone(),
+            max_message: crate::net::MAX_MESSAGE,
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(10),
+        };
+        let handler: Arc<dyn crate::net::Handler> = Arc::new(service.clone());
+        let transport = run_blocking(
+            async move { crate::net::Transport::start(net_cfg, handler) },
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("replicated: starting the transport: {e}"))?
+        .map_err(|e| format!("replicated: cannot listen on {listen} (UDP): {e}"))?;
 
         let raft_cfg = openraft::Config {
             cluster_name: "replicated".into(),
@@ -337,12 +391,16 @@ impl Database {
         .validate()
         .map_err(|e| format!("replicated: bad Raft timing: {e}"))?;
         let (id, log2, sm2) = (cfg.node, log.clone(), StateMachine(sm.clone()));
+        let net = QuicNetwork {
+            transport: transport.clone(),
+        };
         let raft = run_blocking(
-            async move { Raft::new(id, Arc::new(raft_cfg), Isolated, log2, sm2).await },
+            async move { Raft::new(id, Arc::new(raft_cfg), net, log2, sm2).await },
             Duration::from_secs(30),
         )
         .map_err(|e| format!("replicated: starting Raft: {e}"))?
         .map_err(|e| format!("replicated: starting Raft: {e}"))?;
+        let _ = service.raft.set(raft.clone());
 
         if fresh {
             let members: BTreeMap<NodeId, BasicNode> = cfg
@@ -368,11 +426,13 @@ impl Database {
             sm,
             log,
             metrics,
+            transport,
             next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
             pid: std::process::id(),
             _lock: lock,
         });
         applier.attach(Arc::downgrade(&db));
+        Database::report_applied_to_leader(&db)?;
         Ok(db)
     }
 
@@ -485,7 +545,8 @@ impl Database {
             pgnos: cap.pgnos,
             pages: cap.pages,
         };
-        let pending = PendingCommit::new(txn_id);
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
+        let pending = PendingCommit::new(txn_id, deadline);
         *self.sm.pending.lock() = Some(pending.clone());
         let (raft, answer) = (self.raft.clone(), pending.clone());
         // The state machine's claim wakes us; this task only turns Raft's errors into a decision.
@@ -525,7 +586,6 @@ impl Database {
             *self.sm.pending.lock() = None;
             return Err(WriteError::new(IOERR_REPLICATION, e));
         }
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
         let decided = {
             let mut s = pending.state.lock();
             while *s == PendingState::Waiting {
@@ -566,6 +626,102 @@ impl Database {
         self.record_applied(&rec);
         failpoint::hit("commit.after_record").map_err(fail)?;
         Ok(())
+    }
+
+    /// Followers tell the leader how far they have applied (for `ack=apply`), whenever it moves.
+    fn report_applied_to_leader(db: &Arc<Database>) -> Result<(), String> {
+        let weak = Arc::downgrade(db);
+        let mut rx = db.raft.metrics();
+        runtime()?.spawn(async move {
+            let mut sent: (Option<NodeId>, u64) = (None, 0);
+            loop {
+                let (leader, applied) = {
+                    let m = rx.borrow_and_update();
+                    (m.current_leader, m.last_applied.map(|l| l.index).unwrap_or(0))
+                };
+                let Some(db) = weak.upgrade() else { return };
+                if let Some(l) = leader.filter(|l| *l != db.cfg.node) {
+                    if (Some(l), applied) != sent {
+                        if let Some(addr) = db.view().members.iter().find(|m| m.0 == l).map(|m| m.1.clone()) {
+                            let body = postcard::to_allocvec(&applied).unwrap_or_default();
+                            let t = db.transport.clone();
+                            drop(db);
+                            // Best effort: a lost notice only delays an ack=apply commit.
+                            let _ = t
+                                .call(l, &addr, crate::raft::network::APPLIED, &body, Duration::from_secs(1))
+                                .await;
+                            sent = (Some(l), applied);
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// `replicated_sync()`: a linearizable read barrier. Asks the leader (this node, or over the
+    /// network) for a read index confirmed by a quorum, then waits until this node has applied it.
+    pub fn sync(&self, timeout: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + timeout;
+        // Elections and restarts make the first answer transient; retry until the deadline.
+        let read_index = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.read_index(remaining) {
+                Ok(i) => break i,
+                Err(e) if Instant::now() + Duration::from_millis(20) < deadline => {
+                    tracing::debug!("replicated_sync: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        loop {
+            let applied = self.view().applied;
+            if applied >= read_index {
+                return Ok(applied);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replicated: timed out waiting to apply up to index {read_index} (applied {applied})"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// One attempt at a read index confirmed by a quorum: asked of the leader's Raft locally, or
+    /// of the leader over the network.
+    fn read_index(&self, timeout: Duration) -> Result<u64, String> {
+        let v = self.view();
+        match (v.state, v.leader) {
+            (Some(ServerState::Leader), Some(l)) if l == self.cfg.node => {
+                let r = self.raft.clone();
+                Ok(run_blocking(async move { r.get_read_log_id().await }, timeout)?
+                    .map_err(|e| format!("replicated: read barrier failed: {e}"))?
+                    .0
+                    .map(|l| l.index)
+                    .unwrap_or(0))
+            }
+            (_, Some(l)) if l != self.cfg.node => {
+                let addr = v
+                    .members
+                    .iter()
+                    .find(|m| m.0 == l)
+                    .map(|m| m.1.clone())
+                    .unwrap_or_default();
+                let t = self.transport.clone();
+                let out = run_blocking(
+                    async move { t.call(l, &addr, crate::raft::network::READ_INDEX, &[], timeout).await },
+                    timeout + Duration::from_millis(100),
+                )?
+                .map_err(|e| format!("replicated: asking leader {l} for a read index: {e}"))?;
+                postcard::from_bytes::<u64>(&out).map_err(|e| format!("replicated: bad read index answer: {e}"))
+            }
+            _ => Err("replicated: no leader is known; cannot establish a read barrier".into()),
+        }
     }
 
     /// A WAL generation ended (header rewritten, truncated, or deleted): every published frame is

@@ -46,14 +46,17 @@ pub enum PendingState {
 /// thread hand-offs per commit).
 pub struct PendingCommit {
     pub txn_id: u64,
+    /// When the committer gives up (its `timeout_ms`).
+    pub deadline: std::time::Instant,
     pub state: Mutex<PendingState>,
     pub decided: parking_lot::Condvar,
 }
 
 impl PendingCommit {
-    pub fn new(txn_id: u64) -> Arc<PendingCommit> {
+    pub fn new(txn_id: u64, deadline: std::time::Instant) -> Arc<PendingCommit> {
         Arc::new(PendingCommit {
             txn_id,
+            deadline,
             state: Mutex::new(PendingState::Waiting),
             decided: parking_lot::Condvar::new(),
         })
@@ -74,6 +77,9 @@ impl PendingCommit {
 pub struct SmShared {
     pub node_id: NodeId,
     applier: ApplierHandle,
+    service: crate::raft::network::RaftService,
+    /// `ack=apply`: a commit is claimed only once a majority (leader included) has applied it.
+    ack_apply: bool,
     pub store: AppliedStore,
     state: Mutex<SmState>,
     /// Index of the last transaction entry that is part of the state (the base for new ones).
@@ -92,13 +98,21 @@ impl SmShared {
     pub fn new(
         node_id: NodeId,
         store: AppliedStore,
-        applied: Option<LogId>,
-        last_txn: u64,
-        membership: StoredMembership<NodeId, BasicNode>,
+        start: crate::reconcile::Reconciled,
         applier: ApplierHandle,
+        service: crate::raft::network::RaftService,
+        ack_apply: bool,
     ) -> Arc<SmShared> {
+        let crate::reconcile::Reconciled {
+            applied,
+            last_txn,
+            membership,
+            ..
+        } = start;
         Arc::new(SmShared {
             applier,
+            service,
+            ack_apply,
             node_id,
             store,
             state: Mutex::new(SmState { applied, membership }),
@@ -110,6 +124,49 @@ impl SmShared {
 
     pub fn applied(&self) -> Option<LogId> {
         self.state.lock().applied
+    }
+
+    /// `ack=apply`: before claiming this node's own pending transaction, wait (bounded by the
+    /// committer's deadline) until enough followers report having applied it that, with the
+    /// leader, a majority of voters has. If the wait times out the committer gives up (IOERR,
+    /// outcome unknown) and the entry is applied from the log like any other.
+    async fn wait_for_majority_applied(&self, e: &Entry) {
+        let EntryPayload::Normal(Request::Txn(t)) = &e.payload else {
+            return;
+        };
+        if !self.ack_apply || t.origin != self.node_id {
+            return;
+        }
+        let Some(deadline) = self
+            .pending
+            .lock()
+            .as_ref()
+            .filter(|p| p.txn_id == t.txn_id)
+            .map(|p| p.deadline)
+        else {
+            return;
+        };
+        let voters: Vec<NodeId> = self.state.lock().membership.membership().voter_ids().collect();
+        let need = voters.len() / 2; // followers needed besides the leader for a majority
+        let index = e.log_id.index;
+        loop {
+            let notified = self.service.applied_notify.notified();
+            let have = {
+                let m = self.service.applied.lock();
+                voters
+                    .iter()
+                    .filter(|v| **v != self.node_id && m.get(v).is_some_and(|a| *a >= index))
+                    .count()
+            };
+            if have >= need {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout(deadline - now, notified).await;
+        }
     }
 
     pub fn poison(&self, why: String) {
@@ -198,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         for e in entries {
+            self.0.wait_for_majority_applied(&e).await;
             let (resp, job) = self.0.decide(e);
             if let Some((txn, index, term)) = job {
                 if self.0.poisoned.lock().is_none() {

@@ -80,6 +80,26 @@ unsafe extern "C" fn fn_leader(ctx: *mut ffi::sqlite3_context, _argc: c_int, _ar
     })
 }
 
+unsafe extern "C" fn fn_sync(ctx: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *mut ffi::sqlite3_value) {
+    guard((), || match node_of(ctx, "main") {
+        Ok(db) => {
+            let ms = if argc >= 1 {
+                ffi::sqlite3_value_int64(*argv)
+            } else {
+                db.cfg.timeout_ms as i64
+            };
+            if !(1..=3_600_000).contains(&ms) {
+                return result_error(ctx, "replicated_sync: timeout_ms must be between 1 and 3600000");
+            }
+            match db.sync(std::time::Duration::from_millis(ms as u64)) {
+                Ok(i) => ffi::sqlite3_result_int64(ctx, i as i64),
+                Err(e) => result_error(ctx, &e),
+            }
+        }
+        Err(e) => result_error(ctx, &e),
+    })
+}
+
 unsafe extern "C" fn fn_last_error(ctx: *mut ffi::sqlite3_context, _argc: c_int, _argv: *mut *mut ffi::sqlite3_value) {
     guard((), || match file_state(ctx, "main") {
         Ok(st) => {
@@ -105,6 +125,8 @@ pub unsafe fn register_functions(db: *mut ffi::sqlite3) -> Result<(), String> {
         (c"replicated_status", 0, fn_status),
         (c"replicated_status", 1, fn_status),
         (c"replicated_leader", 0, fn_leader),
+        (c"replicated_sync", 0, fn_sync),
+        (c"replicated_sync", 1, fn_sync),
         (c"replicated_last_error", 0, fn_last_error),
     ];
     for (name, n, f) in fns {
