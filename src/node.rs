@@ -402,7 +402,12 @@ impl Database {
         .map_err(|e| format!("replicated: starting Raft: {e}"))?;
         let _ = service.raft.set(raft.clone());
 
-        if fresh {
+        // Bootstrap: only the lowest id in `peers` initializes the cluster (with all of `peers` as
+        // voters); the others start pristine and receive that membership from the first leader.
+        // A node started later to join (see replicated_add_node) is then never able to create a
+        // membership of its own that conflicts with the cluster's at log index 0.
+        let bootstrapper = cfg.peers.iter().flatten().map(|p| p.id).min() == Some(cfg.node);
+        if fresh && bootstrapper {
             let members: BTreeMap<NodeId, BasicNode> = cfg
                 .peers
                 .iter()
@@ -722,6 +727,69 @@ impl Database {
             }
             _ => Err("replicated: no leader is known; cannot establish a read barrier".into()),
         }
+    }
+
+    /// Fails unless this node is the leader, naming the leader.
+    fn require_leader(&self, what: &str) -> Result<(), String> {
+        let v = self.view();
+        if v.state == Some(ServerState::Leader) && v.leader == Some(self.cfg.node) {
+            return Ok(());
+        }
+        let leader = self
+            .leader_addr(&v)
+            .unwrap_or_else(|| "unknown (election under way)".into());
+        Err(format!(
+            "replicated: {what} must run on the leader; the leader is node {leader}"
+        ))
+    }
+
+    /// `replicated_add_node`: adds `id` at `addr` as a learner, waits until it has caught up with
+    /// the log, then (when `voter`) promotes it to voter. Returns the membership log index.
+    pub fn add_node(&self, id: NodeId, addr: &str, voter: bool, timeout: Duration) -> Result<u64, String> {
+        self.require_leader("replicated_add_node")?;
+        if id == 0 {
+            return Err("replicated_add_node: node id must be > 0".into());
+        }
+        crate::config::parse_peers(&format!("{id}@{addr}")).map_err(|e| format!("replicated_add_node: {}", e.0))?;
+        if self.view().members.iter().any(|m| m.0 == id && m.2) {
+            return Err(format!("replicated_add_node: node {id} is already a voter"));
+        }
+        let (r, node) = (self.raft.clone(), BasicNode::new(addr.to_string()));
+        let resp = run_blocking(async move { r.add_learner(id, node, true).await }, timeout)
+            .map_err(|e| format!("replicated_add_node: node {id} did not catch up within {timeout:?}: {e}"))?
+            .map_err(|e| format!("replicated_add_node: {e}"))?;
+        if !voter {
+            return Ok(resp.log_id.index);
+        }
+        let r = self.raft.clone();
+        let change = openraft::ChangeMembers::AddVoterIds([id].into_iter().collect());
+        let resp = run_blocking(async move { r.change_membership(change, false).await }, timeout)
+            .map_err(|e| format!("replicated_add_node: promoting node {id}: {e}"))?
+            .map_err(|e| format!("replicated_add_node: promoting node {id}: {e}"))?;
+        Ok(resp.log_id.index)
+    }
+
+    /// `replicated_remove_node`: removes a voter or learner from the cluster.
+    pub fn remove_node(&self, id: NodeId, timeout: Duration) -> Result<u64, String> {
+        self.require_leader("replicated_remove_node")?;
+        let v = self.view();
+        let Some(&(_, _, is_voter)) = v.members.iter().find(|m| m.0 == id) else {
+            return Err(format!("replicated_remove_node: node {id} is not a member"));
+        };
+        let ids: std::collections::BTreeSet<NodeId> = [id].into_iter().collect();
+        let change = if is_voter {
+            if v.members.iter().filter(|m| m.2).count() <= 1 {
+                return Err("replicated_remove_node: cannot remove the last voter".into());
+            }
+            openraft::ChangeMembers::RemoveVoters(ids)
+        } else {
+            openraft::ChangeMembers::RemoveNodes(ids)
+        };
+        let r = self.raft.clone();
+        let resp = run_blocking(async move { r.change_membership(change, false).await }, timeout)
+            .map_err(|e| format!("replicated_remove_node: {e}"))?
+            .map_err(|e| format!("replicated_remove_node: {e}"))?;
+        Ok(resp.log_id.index)
     }
 
     /// A WAL generation ended (header rewritten, truncated, or deleted): every published frame is

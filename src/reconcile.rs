@@ -219,15 +219,19 @@ pub fn reconcile(
     }
 
     // 3. Replay committed entries.
-    let mut membership = loaded.membership.unwrap_or_else(|| {
-        let nodes: std::collections::BTreeSet<NodeId> = initial_voters.iter().copied().collect();
-        StoredMembership::new(None, openraft::Membership::new(vec![nodes], None))
-    });
+    // A pristine node has no membership until the cluster gives it one: `peers` is only a
+    // bootstrap hint, never applied state (a joining node would otherwise think itself a voter).
+    let mut membership = loaded.membership.unwrap_or_default();
     let start = applied.map(|a| a.index + 1).unwrap_or(0);
     let last = log.last_log_id().map(|l| l.index);
     let mut committed = log.read_committed_sync().map(|c| c.index);
     // The effective membership for "sole voter" is the newest one in the log.
-    let mut newest = membership.clone();
+    let mut newest = if membership.log_id().is_some() {
+        membership.clone()
+    } else {
+        let nodes: std::collections::BTreeSet<NodeId> = initial_voters.iter().copied().collect();
+        StoredMembership::new(None, openraft::Membership::new(vec![nodes], None))
+    };
     if let Some(last) = last {
         let from = start.max(log.purged_sync().map(|p| p.index + 1).unwrap_or(0));
         let mut i = from;

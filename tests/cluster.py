@@ -115,6 +115,14 @@ class Cluster:
         self.nodes = {i: Node(self, i) for i in self.ids}
         self.rules = []
 
+    def add_node(self, nid):
+        """A new node (not started) that knows every peer, itself included; join it with
+        replicated_add_node on the leader."""
+        self.ids.append(nid)
+        self.ports[nid] = free_ports(1)[0]
+        self.nodes[nid] = Node(self, nid)
+        return self.nodes[nid]
+
     def __enter__(self):
         return self
 

@@ -178,3 +178,38 @@ def test_isolated_leader_cannot_commit_and_cluster_converges(cluster):
     assert len({tuple(v) for v in contents.values()}) == 1, contents
     assert "from the new leader" in contents[new.id]
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_add_and_remove_nodes(cluster):
+    c = cluster(3)
+    leader = c.leader()
+    leader.sql("create table t(a)")
+    for i in range(100):
+        leader.sql("insert into t values(?)", i)
+    # Node 4 starts with the full peer list but does not initialize: it waits to be added.
+    follower = next(c.nodes[i] for i in (1, 2, 3) if i != leader.id)
+    n4 = c.add_node(4).start()
+    time.sleep(1.0)  # several election timeouts: a node that is not a member must not campaign
+    s4 = n4.status()
+    assert s4["role"] in ("learner", "follower") and s4["term"] == 0, s4
+    with pytest.raises(SqlError) as e:
+        follower.sql("select replicated_add_node(4, ?)", f"127.0.0.1:{c.ports[4]}")
+    assert "leader" in str(e.value)
+    idx = leader.one("select replicated_add_node(4, ?)", f"127.0.0.1:{c.ports[4]}")
+    assert idx > 0
+    leader.sql("insert into t values(100)")
+    c.sync_all()
+    assert n4.one("select count(*) from t") == 101
+    members = {m["id"]: m["voter"] for m in leader.status()["members"]}
+    assert members == {1: True, 2: True, 3: True, 4: True}, members
+    # Remove a follower that is not node 4; the rest keep working.
+    gone = next(n for n in c.followers() if n.id != 4)
+    leader.one("select replicated_remove_node(?)", gone.id)
+    members = {m["id"] for m in leader.status()["members"]}
+    assert gone.id not in members
+    gone.kill()
+    c.write("insert into t values(101)")
+    c.sync_all()
+    counts = {n.id: n.one("select count(*) from t") for n in c.alive()}
+    assert set(counts.values()) == {102}, counts
+    assert len(set(c.checkpoint_and_hash().values())) == 1

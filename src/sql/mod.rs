@@ -100,6 +100,51 @@ unsafe extern "C" fn fn_sync(ctx: *mut ffi::sqlite3_context, argc: c_int, argv: 
     })
 }
 
+unsafe fn text_arg(argv: *mut *mut ffi::sqlite3_value, i: usize) -> Option<String> {
+    cstr(ffi::sqlite3_value_text(*argv.add(i)) as *const _)
+}
+
+/// Membership changes may wait for a new node to catch up: at least a minute, more if configured.
+fn admin_timeout(db: &Database) -> std::time::Duration {
+    std::time::Duration::from_millis(db.cfg.timeout_ms.max(60_000))
+}
+
+unsafe extern "C" fn fn_add_node(ctx: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *mut ffi::sqlite3_value) {
+    guard((), || match node_of(ctx, "main") {
+        Ok(db) => {
+            let id = ffi::sqlite3_value_int64(*argv);
+            let Some(addr) = text_arg(argv, 1) else {
+                return result_error(ctx, "replicated_add_node(id, 'host:port' [, voter]): address missing");
+            };
+            let voter = argc < 3 || ffi::sqlite3_value_int64(*argv.add(2)) != 0;
+            if id <= 0 {
+                return result_error(ctx, "replicated_add_node: node id must be > 0");
+            }
+            match db.add_node(id as u64, &addr, voter, admin_timeout(&db)) {
+                Ok(i) => ffi::sqlite3_result_int64(ctx, i as i64),
+                Err(e) => result_error(ctx, &e),
+            }
+        }
+        Err(e) => result_error(ctx, &e),
+    })
+}
+
+unsafe extern "C" fn fn_remove_node(ctx: *mut ffi::sqlite3_context, _argc: c_int, argv: *mut *mut ffi::sqlite3_value) {
+    guard((), || match node_of(ctx, "main") {
+        Ok(db) => {
+            let id = ffi::sqlite3_value_int64(*argv);
+            if id <= 0 {
+                return result_error(ctx, "replicated_remove_node: node id must be > 0");
+            }
+            match db.remove_node(id as u64, admin_timeout(&db)) {
+                Ok(i) => ffi::sqlite3_result_int64(ctx, i as i64),
+                Err(e) => result_error(ctx, &e),
+            }
+        }
+        Err(e) => result_error(ctx, &e),
+    })
+}
+
 unsafe extern "C" fn fn_last_error(ctx: *mut ffi::sqlite3_context, _argc: c_int, _argv: *mut *mut ffi::sqlite3_value) {
     guard((), || match file_state(ctx, "main") {
         Ok(st) => {
@@ -125,6 +170,9 @@ pub unsafe fn register_functions(db: *mut ffi::sqlite3) -> Result<(), String> {
         (c"replicated_status", 0, fn_status),
         (c"replicated_status", 1, fn_status),
         (c"replicated_leader", 0, fn_leader),
+        (c"replicated_add_node", 2, fn_add_node),
+        (c"replicated_add_node", 3, fn_add_node),
+        (c"replicated_remove_node", 1, fn_remove_node),
         (c"replicated_sync", 0, fn_sync),
         (c"replicated_sync", 1, fn_sync),
         (c"replicated_last_error", 0, fn_last_error),
