@@ -33,6 +33,7 @@ demo: setup build
 
 bench: setup build
 	/usr/bin/python3 benches/bench.py
+	/usr/bin/python3 benches/cluster_bench.py
 
 clean:
 	$(CARGO) clean

@@ -43,6 +43,7 @@ class SqlError(Exception):
 class Node:
     def __init__(self, cluster, nid):
         self.cluster, self.id, self.proc, self._seq = cluster, nid, None, 0
+        self.auth = None  # overrides the cluster's authentication parameters when set
 
     @property
     def db(self):
@@ -52,7 +53,7 @@ class Node:
         c = self.cluster
         peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in c.ports.items())
         extra = "".join(f"&{k}={v}" for k, v in c.params.items())
-        return f"file:{self.db}?vfs=replicated&node={self.id}&peers={peers}&secret={SECRET}{extra}"
+        return f"file:{self.db}?vfs=replicated&node={self.id}&peers={peers}&{self.auth or c.auth(self.id)}{extra}"
 
     def start(self, env=None):
         self.db.parent.mkdir(parents=True, exist_ok=True)
@@ -107,13 +108,21 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, directory, n=3, **params):
+    def __init__(self, directory, n=3, certs=None, **params):
+        """`certs`: a directory made by `replicated-certs` (mutual TLS); default: shared secret."""
+        self.certs = certs
         self.dir = Path(directory)
         self.ids = list(range(1, n + 1))
         self.ports = dict(zip(self.ids, free_ports(n)))
         self.params = {"timeout_ms": 3000, **params}
         self.nodes = {i: Node(self, i) for i in self.ids}
         self.rules = []
+
+    def auth(self, nid):
+        if self.certs:
+            d = self.certs
+            return f"tls_ca={d}/ca.pem&tls_cert={d}/node-{nid}.pem&tls_key={d}/node-{nid}.key"
+        return f"secret={SECRET}"
 
     def add_node(self, nid):
         """A new node (not started) that knows every peer, itself included; join it with
