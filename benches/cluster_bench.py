@@ -80,7 +80,8 @@ def follower_reads(root, results):
     try:
         leader = c.leader()
         leader.sql("create table t(id integer primary key, v text)")
-        leader.sql("insert into t(v) select printf('%0100d', value) from generate_series(1, 10000)")
+        leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 10000) "
+                   "insert into t(v) select printf('%0100d', i) from n")
         c.sync_all()
         f = c.followers()[0]
         f.kill()  # re-open it in a measuring process (same node id, same files)
@@ -102,7 +103,8 @@ def follower_reads_child(lib, uri, d):
     con.execute("select replicated_sync(10000)")
     plain = bench.open_plain(d)
     plain.execute("create table t(id integer primary key, v text)")
-    plain.execute("insert into t(v) select printf('%0100d', value) from generate_series(1, 10000)")
+    plain.execute("with recursive n(i) as (select 1 union all select i + 1 from n where i < 10000) "
+                  "insert into t(v) select printf('%0100d', i) from n")
     out = {}
     for name, fn, n in bench.WORKLOADS[2:]:
         p, r = [], []
@@ -151,7 +153,8 @@ def catchup(root, results):
         lagger.kill()
         per_txn = 256 * 1024
         for _ in range(CATCHUP_MB * 4):
-            leader.sql("insert into blob(b) select randomblob(?) from generate_series(1, 4)", per_txn // 4)
+            leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 4) "
+                       "insert into blob(b) select randomblob(?) from n", per_txn // 4)
         target = leader.status()["last_log_index"]
         t0 = time.time()
         lagger.start()

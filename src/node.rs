@@ -114,7 +114,8 @@ fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("REPLICATED_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            // openraft logs every failed heartbeat to a down peer at WARN: noise by default.
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

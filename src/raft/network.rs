@@ -7,8 +7,8 @@
 //!
 //! Bounds: an AppendEntries request is kept under `MAX_APPEND_BYTES` by sending a prefix of its
 //! entries and reporting `PartialSuccess` up to the last one sent (openraft then sends the rest); a
-//! single entry is at most one transaction (64 MiB of pages), under the transport's 96 MiB message
-//! bound. Timeouts: openraft's per-RPC hard TTL. An unreachable, refused or timed-out peer is
+//! single entry is at most one transaction (`MAX_TXN_BYTES` of pages), under the transport's 96 MiB
+//! message bound. Timeouts: openraft's per-RPC hard TTL. An unreachable, refused or timed-out peer is
 //! reported as `Unreachable`, so openraft backs off instead of spinning.
 //!
 //! Besides Raft's own RPCs the service answers `READ_INDEX` (a follower's `replicated_sync()`
@@ -33,8 +33,10 @@ pub const VOTE: u8 = 2;
 pub const READ_INDEX: u8 = 4;
 pub const APPLIED: u8 = 5;
 
-/// Largest AppendEntries payload sent in one RPC when it holds more than one entry.
-pub const MAX_APPEND_BYTES: usize = 32 << 20;
+/// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
+/// gives every AppendEntries `heartbeat_interval` to complete (then backs off for 500 ms), so a
+/// batch must be small enough for a follower to receive, write and fsync in that time.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
 
 fn to_rpc_error<E: std::error::Error>(e: NetError) -> RPCError<NodeId, BasicNode, E> {
     match e {
