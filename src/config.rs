@@ -38,7 +38,7 @@ const KEYS: &[&str] = &[
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// Tuned for a LAN: fail-over (detection + election) well under a second.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MS: u64 = 300;
+pub const DEFAULT_ELECTION_MS: u64 = 150;
 pub const MIN_SECRET_LEN: usize = 16;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
