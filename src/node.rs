@@ -438,7 +438,9 @@ impl Database {
             _lock: lock,
         });
         applier.attach(Arc::downgrade(&db));
-        Database::report_applied_to_leader(&db)?;
+        if db.cfg.ack == crate::config::Ack::Apply {
+            Database::report_applied_to_leader(&db)?;
+        }
         Ok(db)
     }
 
@@ -634,7 +636,8 @@ impl Database {
         Ok(())
     }
 
-    /// Followers tell the leader how far they have applied (for `ack=apply`), whenever it moves.
+    /// Followers tell the leader how far they have applied (for `ack=apply`; every node of a
+    /// cluster is expected to use the same `ack`), whenever it moves.
     fn report_applied_to_leader(db: &Arc<Database>) -> Result<(), String> {
         let weak = Arc::downgrade(db);
         let mut rx = db.raft.metrics();
