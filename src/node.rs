@@ -552,7 +552,10 @@ impl Database {
             db_size: cap.db_size,
             pgnos: cap.pgnos,
             pages: cap.pages,
+            part: 0,
+            last: true,
         };
+        let parts = txn.into_parts();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
         let pending = PendingCommit::new(txn_id, deadline);
         *self.sm.pending.lock() = Some(pending.clone());
@@ -560,33 +563,51 @@ impl Database {
         // The state machine's claim wakes us; this task only turns Raft's errors into a decision.
         let spawned = runtime().map(|rt| {
             rt.spawn(async move {
-                let failed = match raft.client_write(Request::Txn(txn)).await {
-                    Ok(resp) => match resp.data {
-                        Response::Applied { .. } => None,
-                        Response::Stale {
-                            index,
-                            base_index,
-                            last_txn_index,
-                        } => Some((
-                            IOERR_REPLICATION,
-                            format!(
-                                "transaction at log index {index} was built on index {base_index} but the state \
-                                 had moved to {last_txn_index}; it was discarded on every node: retry"
-                            ),
-                        )),
-                        other => Some((IOERR_REPLICATION, format!("unexpected apply result {other:?}"))),
-                    },
-                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(
-                        f,
-                    ))) => {
-                        let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
-                        let msg = format!("leadership lost before the commit; the leader is now node {who}");
-                        Some((ffi::SQLITE_READONLY, msg))
+                // Submit every part (openraft keeps their order), then collect the answers: an
+                // error on any part decides the commit. A committed prefix without its last part
+                // is discarded on every node by the next transaction's first part.
+                let mut answers = Vec::new();
+                for part in parts {
+                    match raft.client_write_ff(Request::Txn(part)).await {
+                        Ok(rx) => answers.push(rx),
+                        Err(e) => {
+                            answer.decide(PendingState::Failed(
+                                IOERR_LEADERSHIP_LOST,
+                                format!("commit failed: {e}"),
+                            ));
+                            return;
+                        }
                     }
-                    Err(e) => Some((IOERR_LEADERSHIP_LOST, format!("commit failed: {e}"))),
-                };
-                if let Some((code, msg)) = failed {
-                    answer.decide(PendingState::Failed(code, msg));
+                }
+                for rx in answers {
+                    let failed = match rx.await {
+                        Ok(Ok(resp)) => match resp.data {
+                            Response::Applied { .. } | Response::Staged { .. } => None,
+                            Response::Stale {
+                                index,
+                                base_index,
+                                last_txn_index,
+                            } => Some((
+                                IOERR_REPLICATION,
+                                format!(
+                                    "transaction at log index {index} was built on index {base_index} but the state \
+                                     had moved to {last_txn_index}; it was discarded on every node: retry"
+                                ),
+                            )),
+                            other => Some((IOERR_REPLICATION, format!("unexpected apply result {other:?}"))),
+                        },
+                        Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                            let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+                            let msg = format!("leadership lost before the commit; the leader is now node {who}");
+                            Some((ffi::SQLITE_READONLY, msg))
+                        }
+                        Ok(Err(e)) => Some((IOERR_LEADERSHIP_LOST, format!("commit failed: {e}"))),
+                        Err(_) => Some((IOERR_LEADERSHIP_LOST, "the Raft node stopped".to_string())),
+                    };
+                    if let Some((code, msg)) = failed {
+                        answer.decide(PendingState::Failed(code, msg));
+                        return;
+                    }
                 }
             })
         });

@@ -35,6 +35,8 @@ const REPLAY_BATCH: u64 = 64;
 pub struct Reconciled {
     pub applied: Option<LogId>,
     pub last_txn: u64,
+    /// Parts of a split transaction replayed but not yet complete (its last part is not committed).
+    pub assembler: crate::raft::types::Assembler,
     pub membership: StoredMembership<NodeId, BasicNode>,
     pub replayed: u64,
 }
@@ -222,7 +224,11 @@ pub fn reconcile(
     // A pristine node has no membership until the cluster gives it one: `peers` is only a
     // bootstrap hint, never applied state (a joining node would otherwise think itself a voter).
     let mut membership = loaded.membership.unwrap_or_default();
-    let start = applied.map(|a| a.index + 1).unwrap_or(0);
+    // Replay from the entry after the last applied *transaction*: entries between it and `applied`
+    // are non-transaction entries (harmless to replay) or parts of a transaction that was still
+    // being assembled, which the assembler must see again from its first part.
+    let start = if last_txn > 0 { last_txn + 1 } else { 0 };
+    let mut assembler = crate::raft::types::Assembler::default();
     let last = log.last_log_id().map(|l| l.index);
     let mut committed = log.read_committed_sync().map(|c| c.index);
     // The effective membership for "sole voter" is the newest one in the log.
@@ -270,14 +276,15 @@ pub fn reconcile(
                             .save_membership(&membership)
                             .map_err(|e| err("saving membership", e))?;
                     }
-                    EntryPayload::Normal(Request::Txn(t)) => {
-                        if t.validate().is_ok() && t.base_index == last_txn {
+                    EntryPayload::Normal(Request::Txn(part)) => {
+                        if let crate::raft::types::Fed::Complete(t) = assembler.feed(last_txn, part.clone()) {
                             if appender.is_none() {
                                 appender =
                                     Some(WalAppender::open(&wal_path, None).map_err(|e| err("creating the WAL", e))?);
                             }
                             if let Some(app) = appender.as_mut() {
-                                let (frame, salt, cksum) = app.append(t).map_err(|e| err("appending to the WAL", e))?;
+                                let (frame, salt, cksum) =
+                                    app.append(&t).map_err(|e| err("appending to the WAL", e))?;
                                 store
                                     .append(&Record {
                                         index: e.log_id.index,
@@ -309,6 +316,7 @@ pub fn reconcile(
         applied,
         last_txn,
         membership,
+        assembler,
         replayed,
     })
 }

@@ -339,21 +339,23 @@ def test_readers_keep_snapshots_during_applies(cluster):
 
 
 def test_large_transaction_replicates_and_oversized_is_refused(cluster):
-    c = cluster(3)
+    c = cluster(3, timeout_ms=30000)
     leader = c.leader()
     leader.sql("create table big(id integer primary key, b blob)")
-    # ~6 MiB of pages in one transaction: replicated as one entry within the heartbeat budget.
-    leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 1500) "
+    # ~40 MiB of pages in one transaction: replicated as ~80 bounded entries, applied at the last.
+    leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 10000) "
                "insert into big(b) select randomblob(4000) from n")
-    c.sync_all()
-    assert {n.one("select count(*) from big") for n in c.alive()} == {1500}
-    # Over the limit: refused with IOERR|104<<8 before anything is replicated; nothing changes.
+    c.sync_all(timeout_ms=60000)
+    assert {n.one("select count(*) from big") for n in c.alive()} == {10000}
+    # Over the 64 MiB limit: refused with IOERR|104<<8 before anything is replicated.
     with pytest.raises(SqlError) as e:
-        leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 3000) "
+        leader.sql("with recursive n(i) as (select 1 union all select i + 1 from n where i < 18000) "
                    "insert into big(b) select randomblob(4000) from n")
     assert e.value.code == SQLITE_IOERR | (104 << 8), e.value
     assert "too large" in leader.one("select replicated_last_error()")
     leader.sql("insert into big(b) values(x'00')")
     c.sync_all()
-    assert {n.one("select count(*) from big") for n in c.alive()} == {1501}
+    assert {n.one("select count(*) from big") for n in c.alive()} == {10001}
+    for n in c.alive():
+        assert n.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1

@@ -216,3 +216,23 @@ def test_crash_during_apply(tmp_path, point):
     assert p.returncode != 0, "the failpoint did not fire"
     # Entry 2 is committed in Raft: restart replays it, whatever the apply left in the WAL.
     assert read_state(uri) == {1, 2}
+
+
+BIG = ("with recursive n(i) as (select 1 union all select i + 1 from n where i < 1500) "
+       "insert into big(b) select randomblob(2000) from n;\n")  # ~3 MiB of pages: several parts
+
+
+@pytest.mark.parametrize("point,visible", [
+    ("log.after_fsync=4*crash", False),  # dies after 2 of the big transaction's parts are durable
+    ("commit.after_quorum=crash", True),  # every part committed (one voter), not yet claimed
+])
+def test_crash_in_a_split_transaction(tmp_path, point, visible):
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table big(id integer primary key, b blob);\n")
+    p = run_shell(shell_prelude(uri) + BIG, check=False, env={**os.environ, "REPLICATED_FAILPOINTS": point})
+    assert p.returncode != 0, "the failpoint did not fire"
+    out = run_shell(shell_prelude(uri) + "select count(*) from big;\npragma integrity_check;\n").stdout.split()
+    assert out == (["1500", "ok"] if visible else ["0", "ok"]), out
+    # The node goes on: another split transaction commits on top.
+    out = run_shell(shell_prelude(uri) + BIG + "select count(*) from big;\npragma integrity_check;\n").stdout.split()
+    assert out == (["3000", "ok"] if visible else ["1500", "ok"]), out

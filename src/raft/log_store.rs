@@ -788,6 +788,8 @@ mod tests {
             db_size: 1,
             pgnos,
             pages,
+            part: 0,
+            last: true,
         };
         Entry {
             log_id: log_id(1, 1, index),

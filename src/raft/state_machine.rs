@@ -18,7 +18,7 @@
 
 use crate::apply::ApplierHandle;
 use crate::raft::applied::AppliedStore;
-use crate::raft::types::{Entry, LogId, NodeId, Request, Response, StorageError, Txn, TypeConfig};
+use crate::raft::types::{Assembler, Entry, Fed, LogId, NodeId, Request, Response, StorageError, Txn, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use parking_lot::Mutex;
@@ -92,6 +92,8 @@ pub struct SmShared {
 struct SmState {
     applied: Option<LogId>,
     membership: StoredMembership<NodeId, BasicNode>,
+    /// Parts of a split transaction received so far.
+    assembler: Assembler,
 }
 
 impl SmShared {
@@ -107,6 +109,7 @@ impl SmShared {
             applied,
             last_txn,
             membership,
+            assembler,
             ..
         } = start;
         Arc::new(SmShared {
@@ -115,7 +118,11 @@ impl SmShared {
             ack_apply,
             node_id,
             store,
-            state: Mutex::new(SmState { applied, membership }),
+            state: Mutex::new(SmState {
+                applied,
+                membership,
+                assembler,
+            }),
             last_txn: AtomicU64::new(last_txn),
             pending: Mutex::new(None),
             poisoned: Mutex::new(None),
@@ -134,7 +141,7 @@ impl SmShared {
         let EntryPayload::Normal(Request::Txn(t)) = &e.payload else {
             return;
         };
-        if !self.ack_apply || t.origin != self.node_id {
+        if !self.ack_apply || t.origin != self.node_id || !t.last {
             return;
         }
         let Some(deadline) = self
@@ -195,28 +202,31 @@ impl SmShared {
             EntryPayload::Normal(Request::Txn(t)) => {
                 let last = self.last_txn.load(Ordering::Acquire);
                 let index = e.log_id.index;
-                if t.validate().is_err() || t.base_index != last {
-                    Response::Stale {
+                let base_index = t.base_index;
+                match st.assembler.feed(last, t) {
+                    Fed::Stale => Response::Stale {
                         index,
-                        base_index: t.base_index,
+                        base_index,
                         last_txn_index: last,
+                    },
+                    Fed::Staged => Response::Staged { index },
+                    Fed::Complete(t) => {
+                        // Failpoint `sm.claim`: decline the claim, as when the committer already gave up.
+                        let claimed = t.origin == self.node_id
+                            && crate::failpoint::hit("sm.claim").is_ok()
+                            && match self.pending.lock().as_ref() {
+                                Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed {
+                                    index,
+                                    term: e.log_id.leader_id.term,
+                                }),
+                                _ => false,
+                            };
+                        if !claimed {
+                            job = Some((t, index, e.log_id.leader_id.term));
+                        }
+                        self.last_txn.store(index, Ordering::Release);
+                        Response::Applied { index }
                     }
-                } else {
-                    // Failpoint `sm.claim`: decline the claim, as when the committer already gave up.
-                    let claimed = t.origin == self.node_id
-                        && crate::failpoint::hit("sm.claim").is_ok()
-                        && match self.pending.lock().as_ref() {
-                            Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed {
-                                index,
-                                term: e.log_id.leader_id.term,
-                            }),
-                            _ => false,
-                        };
-                    if !claimed {
-                        job = Some((t, index, e.log_id.leader_id.term));
-                    }
-                    self.last_txn.store(index, Ordering::Release);
-                    Response::Applied { index }
                 }
             }
         };

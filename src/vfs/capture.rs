@@ -16,11 +16,10 @@ use crate::wal::frames::{be32, FrameHeader, WalHeader, WAL_HDR};
 use libsqlite3_sys as ffi;
 use std::collections::BTreeMap;
 
-/// Largest transaction (distinct page bytes) replicated as one entry. openraft 0.9 gives each
-/// AppendEntries `heartbeat_interval` (50 ms by default) to reach a follower and be fsync'd there;
-/// an entry that cannot make it in time would be retried forever and stall replication. Until
-/// large transactions are split into bounded entries, one transaction is capped here.
-pub const MAX_TXN_BYTES: usize = 8 << 20;
+/// Largest transaction (distinct page bytes) a commit may write. It is replicated in parts of
+/// `PART_BYTES` (raft/types.rs), but held whole in memory on the leader while it commits and on
+/// each node while its parts arrive, so it is capped.
+pub const MAX_TXN_BYTES: usize = 64 << 20;
 
 /// Where a captured transaction sits in this node's WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
