@@ -44,10 +44,12 @@
 use crate::ffi::cstr;
 use crate::node::Database;
 use crate::raft::applied::Record;
-use crate::raft::types::Txn;
+use crate::raft::snapshot::{self, StoredMeta};
+use crate::raft::types::{LogId, Txn};
 use crate::wal::frames::{self, checksum, WalHeader, WAL_HDR};
 use libsqlite3_sys as ffi;
 use std::ffi::{c_void, CString};
+use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -71,10 +73,67 @@ enum Job {
     Attach(Weak<Database>),
     Apply {
         txn: Txn,
-        index: u64,
-        term: u64,
+        log_id: LogId,
         reply: Reply,
     },
+    Build {
+        reply: tokio::sync::oneshot::Sender<Result<(PathBuf, StoredMeta), String>>,
+    },
+    Install {
+        image: PathBuf,
+        stored: StoredMeta,
+        reply: Reply,
+    },
+}
+
+/// The pages one apply writes: a transaction from the log, or a whole snapshot image.
+enum Source<'a> {
+    Txn(&'a Txn),
+    Image {
+        file: std::fs::File,
+        n_page: u32,
+        page_size: u32,
+    },
+}
+
+impl Source<'_> {
+    fn page_size(&self) -> u32 {
+        match self {
+            Source::Txn(t) => t.page_size,
+            Source::Image { page_size, .. } => *page_size,
+        }
+    }
+    fn db_size(&self) -> u32 {
+        match self {
+            Source::Txn(t) => t.db_size,
+            Source::Image { n_page, .. } => *n_page,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Source::Txn(t) => t.pgnos.len(),
+            Source::Image { n_page, .. } => *n_page as usize,
+        }
+    }
+    fn pgno(&self, i: usize) -> u32 {
+        match self {
+            Source::Txn(t) => t.pgnos[i],
+            Source::Image { .. } => i as u32 + 1,
+        }
+    }
+    fn read(&self, i: usize, buf: &mut [u8]) -> Result<(), String> {
+        match self {
+            Source::Txn(t) => {
+                buf.copy_from_slice(t.page(i));
+                Ok(())
+            }
+            Source::Image { file, page_size, .. } => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(buf, i as u64 * *page_size as u64)
+                    .map_err(|e| format!("reading the snapshot image: {e}"))
+            }
+        }
+    }
 }
 
 /// The state machine's handle to the applier thread.
@@ -99,16 +158,30 @@ impl ApplierHandle {
         let _ = self.tx.try_send(Job::Attach(db));
     }
 
-    /// Applies `txn` (committed at `index`); resolves when it is published.
-    pub async fn apply(&self, txn: Txn, index: u64, term: u64) -> Result<(), String> {
+    /// Applies `txn` (committed at `log_id`); resolves when it is published.
+    pub async fn apply(&self, txn: Txn, log_id: LogId) -> Result<(), String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .try_send(Job::Apply {
-                txn,
-                index,
-                term,
-                reply,
-            })
+            .try_send(Job::Apply { txn, log_id, reply })
+            .map_err(|e| format!("apply queue: {e}"))?;
+        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+    }
+
+    /// Builds a snapshot of what is published now (between applies).
+    pub async fn build_snapshot(&self) -> Result<(PathBuf, StoredMeta), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .try_send(Job::Build { reply })
+            .map_err(|e| format!("apply queue: {e}"))?;
+        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+    }
+
+    /// Replaces the database content with a snapshot image, as one transaction that readers do
+    /// not see until it is published.
+    pub async fn install_snapshot(&self, image: PathBuf, stored: StoredMeta) -> Result<(), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .try_send(Job::Install { image, stored, reply })
             .map_err(|e| format!("apply queue: {e}"))?;
         rx.await.map_err(|_| "the apply thread is gone".to_string())?
     }
@@ -119,30 +192,53 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
     let mut conn: Option<Conn> = None;
     let mut broken: Option<String> = None;
     while let Ok(job) = rx.recv() {
+        if let Job::Attach(w) = job {
+            db = Some(w);
+            continue;
+        }
+        // Everything else needs the database and the applier's connection.
+        let ready = crate::ffi::guard(Err("panic in the applier".to_string()), || {
+            let d = db.as_ref().and_then(Weak::upgrade).ok_or("the database is gone")?;
+            if conn.is_none() {
+                conn = Some(Conn::open(&path, &d)?);
+            }
+            Ok(d)
+        });
         match job {
-            Job::Attach(w) => db = Some(w),
-            Job::Apply {
-                txn,
-                index,
-                term,
-                reply,
-            } => {
-                let r = crate::ffi::guard(Err("panic in the applier".into()), || {
+            Job::Attach(_) => {}
+            Job::Apply { txn, log_id, reply } => {
+                let r = ready.and_then(|d| {
                     if let Some(b) = &broken {
                         return Err(format!("an earlier apply failed ({b}); restart the node to replay"));
                     }
-                    let Some(d) = db.as_ref().and_then(Weak::upgrade) else {
-                        return Err("the database is gone".into());
-                    };
-                    if conn.is_none() {
-                        conn = Some(Conn::open(&path, &d)?);
-                    }
-                    let Some(c) = conn.as_mut() else {
-                        return Err("no connection".into());
-                    };
-                    let r = c.apply(&d, &txn, index, term);
-                    if let Err(e) = &r {
-                        broken = Some(e.clone());
+                    let c = conn.as_mut().ok_or("no connection")?;
+                    crate::ffi::guard(Err("panic in the applier".into()), || {
+                        c.apply(&d, &Source::Txn(&txn), log_id, log_id.index)
+                    })
+                });
+                if let Err(e) = &r {
+                    broken.get_or_insert(e.clone());
+                }
+                let _ = reply.send(r);
+            }
+            Job::Build { reply } => {
+                let r = ready.and_then(|d| {
+                    let c = conn.as_mut().ok_or("no connection")?;
+                    crate::ffi::guard(Err("panic while building a snapshot".into()), || {
+                        c.build_snapshot(&path, &d)
+                    })
+                });
+                let _ = reply.send(r);
+            }
+            Job::Install { image, stored, reply } => {
+                let r = ready.and_then(|d| {
+                    let c = conn.as_mut().ok_or("no connection")?;
+                    let r = crate::ffi::guard(Err("panic while installing a snapshot".into()), || {
+                        c.install_snapshot(&d, &image, &stored)
+                    });
+                    // A snapshot replaces the whole state: it also clears an earlier failure.
+                    if r.is_ok() {
+                        broken = None;
                     }
                     r
                 });
@@ -150,9 +246,7 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
             }
         }
     }
-    if let Some(c) = conn.take() {
-        drop(c);
-    }
+    drop(conn.take());
 }
 
 /// The applier's own connection: idle, used for its file handles (locks, shm, WAL).
@@ -160,10 +254,13 @@ struct Conn {
     db: *mut ffi::sqlite3,
     main: *mut ffi::sqlite3_file,
     wal: *mut ffi::sqlite3_file,
+    /// A second connection whose read transaction pins a snapshot while it is copied.
+    snap: Option<Box<Conn>>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        drop(self.snap.take());
         // SAFETY: the connection was opened by us and is used by this thread only.
         unsafe { ffi::sqlite3_close(self.db) };
     }
@@ -205,6 +302,7 @@ impl Conn {
             db: h,
             main: ptr::null_mut(),
             wal: ptr::null_mut(),
+            snap: None,
         };
         if rc != ffi::SQLITE_OK {
             return Err(format!("applier: cannot open {path}: {}", conn.errmsg()));
@@ -374,7 +472,7 @@ impl Conn {
         Ok(())
     }
 
-    fn apply(&mut self, db: &Database, txn: &Txn, index: u64, term: u64) -> Result<(), String> {
+    fn apply(&mut self, db: &Database, src: &Source, log_id: LogId, last_txn: u64) -> Result<(), String> {
         crate::failpoint::hit("apply.before").map_err(|e| e.to_string())?;
         let deadline = Instant::now() + LOCK_WAIT;
         let mut recovered = false;
@@ -392,7 +490,7 @@ impl Conn {
             if rc != ffi::SQLITE_OK {
                 return Err(format!("applier: cannot take the WAL write lock ({rc})"));
             }
-            let r = unsafe { self.apply_locked(db, txn, index, term) };
+            let r = unsafe { self.apply_locked(db, src, log_id, last_txn) };
             unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
             match r {
                 Ok(frames) => {
@@ -414,12 +512,18 @@ impl Conn {
     }
 
     /// Steps 2–7 of the module comment. Ok(mxFrame after); Err(None) = header needs recovery.
-    unsafe fn apply_locked(&self, db: &Database, txn: &Txn, index: u64, term: u64) -> Result<u32, Option<String>> {
+    unsafe fn apply_locked(
+        &self,
+        db: &Database,
+        src: &Source,
+        log_id: LogId,
+        last_txn: u64,
+    ) -> Result<u32, Option<String>> {
         let r0 = self.region(0).map_err(Some)?;
         let Some(mut h) = self.read_hdr(r0) else {
             return Err(None);
         };
-        let ps = txn.page_size;
+        let ps = src.page_size();
         let ckpt = r0.add(96) as *mut u32; // nBackfill, aReadMark[5], locks, nBackfillAttempted
         let mut mx = h[4];
         let mut nckpt_next = None;
@@ -490,36 +594,156 @@ impl Conn {
         // 5. Frames.
         let mut running = (h[6], h[7]);
         let mut buf = Vec::with_capacity(ps as usize + frames::FRAME_HDR);
-        let n = txn.pgnos.len();
-        for (i, &pg) in txn.pgnos.iter().enumerate() {
-            let commit = if i + 1 == n { txn.db_size } else { 0 };
-            running = frames::encode_frame(&wal_hdr, running, pg, commit, txn.page(i), &mut buf);
+        let mut page = vec![0u8; ps as usize];
+        let n = src.len();
+        for i in 0..n {
+            let commit = if i + 1 == n { src.db_size() } else { 0 };
+            src.read(i, &mut page).map_err(Some)?;
+            running = frames::encode_frame(&wal_hdr, running, src.pgno(i), commit, &page, &mut buf);
             let off = wal_hdr.frame_offset(mx as u64 + 1 + i as u64);
             self.wal_io(true, buf.as_mut_ptr(), buf.len(), off).map_err(Some)?;
         }
         crate::failpoint::hit("apply.after_frames").map_err(|e| Some(e.to_string()))?;
         // 6. Hash entries.
-        for (i, &pg) in txn.pgnos.iter().enumerate() {
-            self.index_append(mx, mx + 1 + i as u32, pg).map_err(Some)?;
+        for i in 0..n {
+            self.index_append(mx, mx + 1 + i as u32, src.pgno(i)).map_err(Some)?;
         }
         // 7. Record, then publish.
         let new_mx = mx + n as u32;
         let rec = Record {
-            index,
-            term,
+            index: log_id.index,
+            term: log_id.leader_id.term,
             salt: wal_hdr.salt,
             commit_frame: new_mx as u64,
             cksum: running,
-            db_size: txn.db_size,
+            db_size: src.db_size(),
+            last_txn,
         };
         db.record_applied(&rec);
         crate::failpoint::hit("apply.before_publish").map_err(|e| Some(e.to_string()))?;
         h[2] = h[2].wrapping_add(1); // iChange
         h[4] = new_mx;
-        h[5] = txn.db_size;
+        h[5] = src.db_size();
         h[6] = running.0;
         h[7] = running.1;
         self.publish(r0, &mut h);
+        db.set_published(log_id, last_txn);
         Ok(new_mx)
+    }
+
+    /// The snapshot connection (opened at first use).
+    fn snap_conn(&mut self, path: &str, db: &Arc<Database>) -> Result<&Conn, String> {
+        if self.snap.is_none() {
+            self.snap = Some(Box::new(Conn::open(path, db)?));
+        }
+        self.snap.as_deref().ok_or_else(|| "no snapshot connection".into())
+    }
+
+    /// See raft/snapshot.rs: pin what is published under the write lock, then copy it.
+    fn build_snapshot(&mut self, path: &str, db: &Arc<Database>) -> Result<(PathBuf, StoredMeta), String> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let rc = unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
+            if rc == ffi::SQLITE_OK {
+                break;
+            }
+            if rc != ffi::SQLITE_BUSY || Instant::now() > deadline {
+                return Err(format!("snapshot: cannot take the WAL write lock ({rc})"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pinned = (|| -> Result<(LogId, u64, u32, u32, u32), String> {
+            let (log_id, last_txn) = db.published();
+            let log_id = log_id.ok_or("snapshot: nothing applied yet")?;
+            let r0 = unsafe { self.region(0)? };
+            let h = unsafe { self.read_hdr(r0) }.ok_or("snapshot: the wal-index header needs recovery")?;
+            let b = h[3].to_ne_bytes();
+            let sz = u16::from_ne_bytes([b[2], b[3]]) as u32;
+            let page_size = if sz == 1 { 65536 } else { sz };
+            let snap = self.snap_conn(path, db)?;
+            snap.exec(c"BEGIN")?;
+            snap.read_once()?; // the read transaction that pins frames 1..=mxFrame
+            Ok((log_id, last_txn, h[4], h[5], page_size))
+        })();
+        unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
+        let (log_id, last_txn, mx, n_page, page_size) = match pinned {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(s) = &self.snap {
+                    let _ = s.exec(c"ROLLBACK");
+                }
+                return Err(e);
+            }
+        };
+        let data = db.cfg.data.clone();
+        let tmp = snapshot::dir(&data).join(format!("building-{}", log_id.index));
+        let copied = std::fs::create_dir_all(snapshot::dir(&data))
+            .and_then(|()| {
+                let dbp = Path::new(path);
+                snapshot::copy_image(
+                    dbp,
+                    &crate::reconcile::sibling(dbp, "-wal"),
+                    mx,
+                    n_page,
+                    page_size,
+                    &tmp,
+                )
+            })
+            .map_err(|e| format!("snapshot: copying the database: {e}"));
+        if let Some(s) = &self.snap {
+            let _ = s.exec(c"COMMIT");
+        }
+        copied?;
+        let stored = StoredMeta {
+            meta: openraft::SnapshotMeta {
+                last_log_id: Some(log_id),
+                last_membership: db.membership_at(log_id.index),
+                snapshot_id: snapshot::snapshot_id(&log_id, last_txn),
+            },
+            last_txn,
+        };
+        let image = snapshot::commit(&data, &tmp, &stored).map_err(|e| format!("snapshot: saving: {e}"))?;
+        Ok((image, stored))
+    }
+
+    fn install_snapshot(&mut self, db: &Database, image: &Path, stored: &StoredMeta) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let log_id = stored.meta.last_log_id.ok_or("snapshot without a log id")?;
+        let file = std::fs::File::open(image).map_err(|e| format!("opening the snapshot image: {e}"))?;
+        let mut hdr = [0u8; 100];
+        file.read_exact_at(&mut hdr, 0)
+            .map_err(|e| format!("reading the snapshot image: {e}"))?;
+        if &hdr[..16] != b"SQLite format 3\0" {
+            return Err("the snapshot image is not a SQLite database".into());
+        }
+        let ps = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
+        let page_size = if ps == 1 { 65536 } else { ps };
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        if page_size < 512 || len == 0 || len % page_size as u64 != 0 {
+            return Err(format!(
+                "the snapshot image has a bad size ({len} bytes, page size {page_size})"
+            ));
+        }
+        let n_page = u32::try_from(len / page_size as u64).map_err(|_| "snapshot image too large")?;
+        self.apply(
+            db,
+            &Source::Image {
+                file,
+                n_page,
+                page_size,
+            },
+            log_id,
+            stored.last_txn,
+        )?;
+        // Durable now: after a restart the install must be found even if the log before it is gone.
+        unsafe {
+            if let Some(sync) = (*(*self.wal).pMethods).xSync {
+                let rc = sync(self.wal, ffi::SQLITE_SYNC_NORMAL);
+                if rc != ffi::SQLITE_OK {
+                    return Err(format!("syncing the WAL after a snapshot install failed ({rc})"));
+                }
+            }
+        }
+        db.sync_records()
     }
 }

@@ -79,6 +79,8 @@ pub struct View {
     pub members: Vec<(NodeId, String, bool)>,
     pub matched: BTreeMap<NodeId, u64>,
     pub shutdown: bool,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
 }
 
 pub struct Database {
@@ -304,6 +306,36 @@ fn resolve_listen(cfg: &Config) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("replicated: bad value for 'listen': {addr} resolves to nothing"))
 }
 
+/// Log entries between snapshots, when snapshots are enabled: `REPLICATED_SNAPSHOT_EVERY=N`.
+/// Experimental: a lagging follower catches up from a snapshot, but a node whose log is empty
+/// (new or wiped) cannot yet install one (openraft 0.9 then tries to apply from index 0).
+fn snapshot_every() -> Option<u64> {
+    std::env::var("REPLICATED_SNAPSHOT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+}
+
+/// The pid of another process that has the database open (SQLite's unix VFS holds a read lock on
+/// the SHARED byte range of the database file for as long as a connection is open in WAL mode).
+fn other_process_with_db_open(path: &Path) -> Option<i32> {
+    const SHARED_FIRST: i64 = 0x4000_0000 + 2;
+    const SHARED_SIZE: i64 = 510;
+    let f = std::fs::File::open(path).ok()?;
+    // SAFETY: F_GETLK on a descriptor we own, with a zero-initialised struct flock.
+    unsafe {
+        let mut fl: libc::flock = std::mem::zeroed();
+        fl.l_type = libc::F_WRLCK as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = SHARED_FIRST;
+        fl.l_len = SHARED_SIZE;
+        if libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) == 0 && fl.l_type != libc::F_UNLCK as i16 {
+            return Some(fl.l_pid);
+        }
+    }
+    None
+}
+
 fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("replicated: cannot create data directory {}: {e}", dir.display()))?;
@@ -345,8 +377,17 @@ impl Database {
         let n_peers = cfg.peers.as_ref().map(Vec::len).unwrap_or(0);
         prepare_db_file(&path, !fresh, !fresh || n_peers <= 1)?;
         let listen = resolve_listen(&cfg)?;
+        // Reconciliation rewrites the WAL and deletes -shm: another process reading the files now
+        // would be left on a stale wal-index. Refuse instead.
+        if let Some(pid) = other_process_with_db_open(&path) {
+            return Err(format!(
+                "replicated: {} is open in another process (pid {pid}); a node starts only when no other \
+                 process has its database open (close readers, then open again)",
+                path.display()
+            ));
+        }
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
-        let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial)?;
+        let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial, &cfg.data)?;
         if rec.replayed > 0 {
             tracing::info!(
                 "replicated: replayed {} transaction(s) from the Raft log into {}",
@@ -363,6 +404,7 @@ impl Database {
             applier.clone(),
             service.clone(),
             cfg.ack == crate::config::Ack::Apply,
+            cfg.data.clone(),
         );
         let net_cfg = crate::net::NetConfig {
             node_id: cfg.node,
@@ -385,7 +427,18 @@ impl Database {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_ms,
             election_timeout_max: cfg.election_ms * 2,
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            // Snapshots and log compaction are experimental and off unless REPLICATED_SNAPSHOT_EVERY
+            // is set (see snapshot_every): without them the log is kept whole and a new or wiped
+            // node catches up by replaying it.
+            snapshot_policy: match snapshot_every() {
+                Some(n) => openraft::SnapshotPolicy::LogsSinceLast(n),
+                None => openraft::SnapshotPolicy::Never,
+            },
+            // Keep nothing behind a snapshot: openraft 0.9 otherwise looks up a log id below the
+            // start of a log that begins at an installed snapshot, a fatal error. Restart needs no
+            // entry at or below the snapshot (it ends at a complete transaction).
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 256.min(snapshot_every().unwrap_or(256)),
             max_payload_entries: 64,
             ..Default::default()
         }
@@ -402,6 +455,7 @@ impl Database {
         .map_err(|e| format!("replicated: starting Raft: {e}"))?
         .map_err(|e| format!("replicated: starting Raft: {e}"))?;
         let _ = service.raft.set(raft.clone());
+        let _ = service.data.set(cfg.data.clone());
 
         // Bootstrap: only the lowest id in `peers` initializes the cluster (with all of `peers` as
         // voters); the others start pristine and receive that membership from the first leader.
@@ -466,6 +520,8 @@ impl Database {
                 .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0))).collect())
                 .unwrap_or_default(),
             shutdown: m.running_state.is_err(),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
         }
     }
 
@@ -540,7 +596,7 @@ impl Database {
 
     /// Replicates a captured transaction and blocks until it is committed and claimed (see the
     /// module comment). On Ok the WAL frames are this node's to publish.
-    pub fn commit(&self, cap: Captured) -> Result<(), WriteError> {
+    pub fn commit(&self, cap: Captured) -> Result<(crate::raft::types::LogId, u64), WriteError> {
         let fail = |e: std::io::Error| WriteError::new(IOERR_REPLICATION, e.to_string());
         failpoint::hit("commit.before_propose").map_err(fail)?;
         let txn_id = self.next_txn_id.fetch_add(1, Ordering::Relaxed);
@@ -630,8 +686,8 @@ impl Database {
             s.clone()
         };
         *self.sm.pending.lock() = None;
-        let (index, term) = match decided {
-            PendingState::Claimed { index, term } => (index, term),
+        let (index, term, log_id) = match decided {
+            PendingState::Claimed { log_id } => (log_id.index, log_id.leader_id.term, log_id),
             PendingState::Failed(code, msg) => return Err(WriteError::new(code, msg)),
             _ => {
                 return Err(WriteError::new(
@@ -651,10 +707,11 @@ impl Database {
             commit_frame: cap.pos.commit_frame,
             cksum: cap.pos.commit_cksum,
             db_size: cap.db_size,
+            last_txn: index,
         };
         self.record_applied(&rec);
         failpoint::hit("commit.after_record").map_err(fail)?;
-        Ok(())
+        Ok((log_id, cap.pos.commit_frame))
     }
 
     /// Followers tell the leader how far they have applied (for `ack=apply`; every node of a
@@ -830,6 +887,27 @@ impl Database {
             .map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
     }
 
+    /// Whoever publishes a transaction (the applier, or a committer at its write-lock release)
+    /// records it here, under WAL_WRITE_LOCK.
+    pub fn set_published(&self, log_id: crate::raft::types::LogId, last_txn: u64) {
+        *self.sm.published.lock() = (Some(log_id), last_txn);
+    }
+
+    pub fn published(&self) -> (Option<crate::raft::types::LogId>, u64) {
+        *self.sm.published.lock()
+    }
+
+    pub fn membership_at(&self, index: u64) -> openraft::StoredMembership<NodeId, BasicNode> {
+        self.sm.membership_at(index)
+    }
+
+    pub fn sync_records(&self) -> Result<(), String> {
+        self.sm
+            .store
+            .sync()
+            .map_err(|e| format!("syncing applied-state records: {e}"))
+    }
+
     /// Where an applied transaction sits in the WAL (written before it is published).
     pub fn record_applied(&self, rec: &Record) {
         if let Err(e) = self.sm.store.append(rec) {
@@ -892,6 +970,8 @@ impl Database {
             "members": members,
             "db": self.path.display().to_string(),
             "data": self.cfg.data.display().to_string(),
+            "snapshot_index": v.snapshot,
+            "purged_index": v.purged,
             "error": self.last_error_of_node(),
         })
         .to_string()

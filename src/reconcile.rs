@@ -160,6 +160,7 @@ pub fn reconcile(
     loaded: Loaded,
     me: NodeId,
     initial_voters: &[NodeId],
+    data: &Path,
 ) -> Result<Reconciled, String> {
     let wal_path = sibling(db_path, "-wal");
     let err = |what: &str, e: io::Error| format!("replicated: reconciling {}: {what}: {e}", db_path.display());
@@ -196,7 +197,7 @@ pub fn reconcile(
                     openraft::CommittedLeaderId::new(r.term, 0),
                     r.index,
                 )),
-                r.index,
+                if r.last_txn == 0 { r.index } else { r.last_txn },
                 Some(app),
             )
         }
@@ -227,7 +228,44 @@ pub fn reconcile(
     // Replay from the entry after the last applied *transaction*: entries between it and `applied`
     // are non-transaction entries (harmless to replay) or parts of a transaction that was still
     // being assembled, which the assembler must see again from its first part.
-    let start = if last_txn > 0 { last_txn + 1 } else { 0 };
+    let mut start = if last_txn > 0 { last_txn + 1 } else { 0 };
+    // The entries to replay were purged behind a snapshot: restore the database file from the
+    // newest local snapshot (nothing has it open now) and replay after it.
+    if let Some(p) = log.purged_sync().map(|p| p.index).filter(|p| start <= *p) {
+        let Some((image, stored)) = crate::raft::snapshot::latest(data) else {
+            return Err(format!(
+                "replicated: reconciling {}: the log is purged up to {p} and there is no local snapshot; \
+                 wipe this node's data directory and database so that it receives a snapshot",
+                db_path.display()
+            ));
+        };
+        crate::raft::snapshot::restore_db_file(&image, db_path).map_err(|e| err("restoring the snapshot", e))?;
+        remove_if_exists(&wal_path).map_err(|e| err("deleting the WAL", e))?;
+        remove_if_exists(&sibling(db_path, "-shm")).map_err(|e| err("deleting -shm", e))?;
+        store.keep_first(0).map_err(|e| err("trimming records", e))?;
+        appender = None;
+        applied = stored.meta.last_log_id;
+        last_txn = stored.last_txn;
+        membership = stored.meta.last_membership.clone();
+        store
+            .save_membership(&membership)
+            .map_err(|e| err("saving membership", e))?;
+        store
+            .set_marker(Marker { applied, last_txn })
+            .map_err(|e| err("recording the checkpoint marker", e))?;
+        start = last_txn + 1;
+        if start <= p {
+            return Err(format!(
+                "replicated: reconciling {}: the snapshot ends at transaction {last_txn} but the log is purged up to {p}",
+                db_path.display()
+            ));
+        }
+        tracing::warn!(
+            "replicated: restored {} from snapshot {}",
+            db_path.display(),
+            stored.meta.snapshot_id
+        );
+    }
     let mut assembler = crate::raft::types::Assembler::default();
     let last = log.last_log_id().map(|l| l.index);
     let mut committed = log.read_committed_sync().map(|c| c.index);
@@ -293,6 +331,7 @@ pub fn reconcile(
                                         commit_frame: frame,
                                         cksum,
                                         db_size: t.db_size,
+                                        last_txn: e.log_id.index,
                                     })
                                     .map_err(|e| err("recording", e))?;
                             }

@@ -359,3 +359,76 @@ def test_large_transaction_replicates_and_oversized_is_refused(cluster):
     for n in c.alive():
         assert n.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+SNAP_ENV = {"REPLICATED_SNAPSHOT_EVERY": "30"}
+
+
+@pytest.mark.skipif(not HAVE_IPTABLES, reason="needs root and iptables")
+def test_lagging_follower_receives_a_snapshot(cluster):
+    """The leader snapshots and purges its log; a follower cut off for longer than the log it kept
+    gets the snapshot over QUIC and installs it while a plain sqlite3 reader holds a transaction."""
+    c = cluster(3)
+    for n in c.nodes.values():  # restart every node with frequent snapshots
+        n.kill()
+        n.start(env=SNAP_ENV)
+    leader = c.leader()
+    leader.sql("create table t(id integer primary key, v text)")
+    c.sync_all()
+    lagger = next(n for n in c.followers())
+    reader = subprocess.Popen(["sqlite3", "-readonly", str(lagger.db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdin.write("begin; select count(*) from t; select 'END';\n")
+    reader.stdin.flush()
+    before = [reader.stdout.readline().strip() for _ in range(2)]
+    c.isolate(lagger.id)
+    # openraft purges only when no replication stream has the range in flight, so keep writing
+    # until the leader has purged past what the lagger has (bounded).
+    rows = 0
+    others = [n for n in c.alive() if n.id != lagger.id]
+    while rows < 3000:
+        for _ in range(50):
+            c.leader(among=others).sql("insert into t(v) values(?)", f"row {rows}")
+            rows += 1
+        st = c.leader(among=others).status()
+        if st["purged_index"] and st["purged_index"] > 40:
+            break
+    assert st["snapshot_index"] and st["purged_index"], st
+    c.heal()
+    c.sync_all(timeout_ms=30000)
+    assert lagger.one("select count(*) from t") == rows
+    assert lagger.status()["snapshot_index"] is not None, "caught up from the log, not a snapshot"
+    reader.stdin.write("select count(*) from t; commit; select count(*) from t; pragma integrity_check; select 'END';\n")
+    reader.stdin.flush()
+    after = [reader.stdout.readline().strip() for _ in range(4)]
+    assert before == ["0", "END"] and after == ["0", str(rows), "ok", "END"], (before, after)
+    reader.stdin.close()
+    reader.wait(timeout=10)
+    for n in c.alive():
+        assert n.one("pragma integrity_check") == "ok"
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+    # It keeps replicating normally afterwards. (Restarting a node after it installed a snapshot
+    # is not reliable yet: see README "Limits".)
+    c.write("insert into t(v) values('after')")
+    c.sync_all()
+    assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
+
+
+def test_wiped_node_rebuilds_from_the_log(cluster):
+    """A follower whose files and data directory are wiped starts pristine and catches up (by
+    replaying the log: snapshots are off by default)."""
+    c = cluster(3)
+    leader = c.leader()
+    leader.sql("create table t(a)")
+    for i in range(100):
+        c.write("insert into t values(?)", i)
+    victim = next(n for n in c.followers() if n.id != 1)  # node 1 would bootstrap a new cluster
+    victim.kill()
+    shutil.rmtree(victim.db.parent)
+    victim.start()
+    c.sync_all(timeout_ms=30000)
+    assert victim.one("select count(*) from t") == 100
+    assert victim.one("pragma integrity_check") == "ok"
+    c.write("insert into t values(100)")
+    c.sync_all()
+    assert len(set(c.checkpoint_and_hash().values())) == 1

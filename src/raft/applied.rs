@@ -4,8 +4,9 @@
 //! ```text
 //! applied       append-only 64-byte records, one per transaction entry applied in the current WAL
 //!               generation: magic "RPLR", raft index u64, term u64, WAL salts [8], commit frame
-//!               number u64, commit frame checksum 2×u32, db size u32, 12 bytes zero, crc32 u32
-//!               (little-endian, crc over the first 60 bytes).
+//!               number u64, commit frame checksum 2×u32, db size u32, last transaction index
+//!               u64 (equal to the raft index except for an installed snapshot), 4 bytes zero,
+//!               crc32 u32 (little-endian, crc over the first 60 bytes).
 //! checkpointed  the marker M: the last transaction index (and the applied log id at that time)
 //!               whose state is entirely in the database file (JSON), replaced atomically.
 //! membership    the last applied membership (JSON), replaced atomically.
@@ -41,6 +42,8 @@ pub struct Record {
     pub commit_frame: u64,
     pub cksum: (u32, u32),
     pub db_size: u32,
+    /// Index of the last transaction in this state (a snapshot's may be below `index`).
+    pub last_txn: u64,
 }
 
 impl Record {
@@ -54,6 +57,7 @@ impl Record {
         b[36..40].copy_from_slice(&self.cksum.0.to_le_bytes());
         b[40..44].copy_from_slice(&self.cksum.1.to_le_bytes());
         b[44..48].copy_from_slice(&self.db_size.to_le_bytes());
+        b[48..56].copy_from_slice(&self.last_txn.to_le_bytes());
         let crc = crc32fast::hash(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -81,6 +85,7 @@ impl Record {
             commit_frame: u64_at(28),
             cksum: (u32_at(36), u32_at(40)),
             db_size: u32_at(44),
+            last_txn: u64_at(48),
         })
     }
 }
@@ -211,6 +216,7 @@ mod tests {
             commit_frame: i * 3,
             cksum: (7, 9),
             db_size: 5,
+            last_txn: i,
         }
     }
 

@@ -771,7 +771,6 @@ mod tests {
     use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
     use openraft::testing::{blank_ent, log_id, StoreBuilder, Suite};
     use openraft::{BasicNode, EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
-    use std::io::Cursor;
 
     fn ent(term: u64, index: u64) -> Entry {
         blank_ent::<TypeConfig>(term, 1, index)
@@ -1001,7 +1000,9 @@ mod tests {
             s.snapshot = Some(meta.clone());
             Ok(Snapshot {
                 meta,
-                snapshot: Box::default(),
+                snapshot: Box::new(crate::raft::snapshot::SnapshotFile {
+                    path: std::path::PathBuf::new(),
+                }),
             })
         }
     }
@@ -1037,14 +1038,16 @@ mod tests {
             self.clone()
         }
 
-        async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-            Ok(Box::default())
+        async fn begin_receiving_snapshot(&mut self) -> Result<Box<crate::raft::snapshot::SnapshotFile>, StorageError> {
+            Ok(Box::new(crate::raft::snapshot::SnapshotFile {
+                path: std::path::PathBuf::new(),
+            }))
         }
 
         async fn install_snapshot(
             &mut self,
             meta: &SnapshotMeta<NodeId, BasicNode>,
-            _: Box<Cursor<Vec<u8>>>,
+            _: Box<crate::raft::snapshot::SnapshotFile>,
         ) -> Result<(), StorageError> {
             let mut s = self.0.lock();
             s.applied = meta.last_log_id;
@@ -1057,7 +1060,9 @@ mod tests {
             let s = self.0.lock();
             Ok(s.snapshot.clone().map(|meta| Snapshot {
                 meta,
-                snapshot: Box::default(),
+                snapshot: Box::new(crate::raft::snapshot::SnapshotFile {
+                    path: std::path::PathBuf::new(),
+                }),
             }))
         }
     }

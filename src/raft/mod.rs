@@ -4,5 +4,6 @@
 pub mod applied;
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -32,6 +32,30 @@ pub const APPEND: u8 = 1;
 pub const VOTE: u8 = 2;
 pub const READ_INDEX: u8 = 4;
 pub const APPLIED: u8 = 5;
+pub const SNAPSHOT_CHUNK: u8 = 6;
+pub const SNAPSHOT_DONE: u8 = 7;
+
+/// Bytes of snapshot image per SNAPSHOT_CHUNK message.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest snapshot image a node accepts (bounds the receiving file).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Chunk {
+    id: String,
+    offset: u64,
+    total: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Done {
+    id: String,
+    total: u64,
+    vote: openraft::Vote<NodeId>,
+    meta: openraft::SnapshotMeta<NodeId, BasicNode>,
+}
 
 /// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
 /// gives every AppendEntries `heartbeat_interval` to complete (then backs off for 500 ms), so a
@@ -126,20 +150,69 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         r.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 
+    /// Streams the snapshot image in bounded chunks (each its own RPC, so it is not limited by
+    /// openraft's per-AppendEntries budget), then asks the follower to install it.
     async fn full_snapshot(
         &mut self,
-        _vote: openraft::Vote<NodeId>,
-        _snapshot: openraft::Snapshot<TypeConfig>,
-        _cancel: impl Future<Output = openraft::error::ReplicationClosed> + openraft::OptionalSend + 'static,
+        vote: openraft::Vote<NodeId>,
+        snapshot: openraft::Snapshot<TypeConfig>,
+        cancel: impl Future<Output = openraft::error::ReplicationClosed> + openraft::OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<
         openraft::raft::SnapshotResponse<NodeId>,
         openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
     > {
-        // Snapshots are never built in this version (snapshot policy "never"), so never sent.
-        Err(openraft::error::StreamingError::Unreachable(Unreachable::new(
-            &std::io::Error::other("snapshot transfer is not available in this version"),
-        )))
+        use openraft::error::StreamingError;
+        use std::os::unix::fs::FileExt;
+        let net = |e: String| StreamingError::Network(NetworkError::new(&std::io::Error::other(e)));
+        let unreachable = |e: NetError| match e {
+            NetError::Remote(m) | NetError::Protocol(m) => {
+                StreamingError::Network(NetworkError::new(&std::io::Error::other(m)))
+            }
+            other => StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(other.to_string()))),
+        };
+        let id = snapshot.meta.snapshot_id.clone();
+        let file =
+            std::fs::File::open(&snapshot.snapshot.path).map_err(|e| net(format!("opening the snapshot: {e}")))?;
+        let total = file.metadata().map_err(|e| net(e.to_string()))?.len();
+        tokio::pin!(cancel);
+        let mut offset = 0u64;
+        while offset < total {
+            let n = (SNAPSHOT_CHUNK_BYTES as u64).min(total - offset) as usize;
+            let mut data = vec![0u8; n];
+            file.read_exact_at(&mut data, offset)
+                .map_err(|e| net(format!("reading the snapshot: {e}")))?;
+            let body = encode(&Chunk {
+                id: id.clone(),
+                offset,
+                total,
+                data,
+            })
+            .map_err(net)?;
+            tokio::select! {
+                biased;
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                r = self.transport.call(self.target, &self.addr, SNAPSHOT_CHUNK, &body, Duration::from_secs(30)) => {
+                    r.map_err(unreachable)?;
+                }
+            }
+            offset += n as u64;
+        }
+        let body = encode(&Done {
+            id,
+            total,
+            vote,
+            meta: snapshot.meta.clone(),
+        })
+        .map_err(net)?;
+        // Installing writes the whole image through the follower's WAL: allow it time.
+        let out = self
+            .transport
+            .call(self.target, &self.addr, SNAPSHOT_DONE, &body, Duration::from_secs(600))
+            .await
+            .map_err(unreachable)?;
+        let r: Result<openraft::raft::SnapshotResponse<NodeId>, String> = decode(&out).map_err(net)?;
+        r.map_err(net)
     }
 }
 
@@ -149,6 +222,8 @@ pub struct RaftService(Arc<ServiceState>);
 
 pub struct ServiceState {
     pub raft: OnceLock<Raft<TypeConfig>>,
+    /// The node's data directory (where received snapshots are written).
+    pub data: OnceLock<std::path::PathBuf>,
     /// Highest applied index each follower reported (for `ack=apply`).
     pub applied: Mutex<BTreeMap<NodeId, u64>>,
     pub applied_notify: tokio::sync::Notify,
@@ -171,6 +246,7 @@ impl RaftService {
     pub fn new() -> RaftService {
         RaftService(Arc::new(ServiceState {
             raft: OnceLock::new(),
+            data: OnceLock::new(),
             applied: Mutex::new(BTreeMap::new()),
             applied_notify: tokio::sync::Notify::new(),
         }))
@@ -199,6 +275,48 @@ impl RaftService {
                 drop(m);
                 self.applied_notify.notify_waiters();
                 encode(&())
+            }
+            SNAPSHOT_CHUNK => {
+                use std::os::unix::fs::FileExt;
+                let c: Chunk = decode(&body)?;
+                let data = self.data.get().ok_or("node is starting")?;
+                if c.total > MAX_SNAPSHOT_BYTES || c.offset.checked_add(c.data.len() as u64).is_none_or(|e| e > c.total)
+                {
+                    return Err(format!(
+                        "snapshot chunk out of bounds (offset {}, total {})",
+                        c.offset, c.total
+                    ));
+                }
+                let path = crate::raft::snapshot::incoming(data, &c.id).map_err(|e| e.to_string())?;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(c.offset == 0)
+                    .open(&path)
+                    .map_err(|e| format!("receiving a snapshot: {e}"))?;
+                f.write_all_at(&c.data, c.offset)
+                    .map_err(|e| format!("receiving a snapshot: {e}"))?;
+                encode(&())
+            }
+            SNAPSHOT_DONE => {
+                let d: Done = decode(&body)?;
+                let data = self.data.get().ok_or("node is starting")?;
+                let path = crate::raft::snapshot::incoming(data, &d.id).map_err(|e| e.to_string())?;
+                let len = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .map_err(|e| format!("snapshot {}: {e}", d.id))?;
+                if len != d.total {
+                    return Err(format!("snapshot {} incomplete: {len} of {} bytes", d.id, d.total));
+                }
+                let snap = openraft::Snapshot {
+                    meta: d.meta,
+                    snapshot: Box::new(crate::raft::snapshot::SnapshotFile { path }),
+                };
+                let r = raft
+                    .install_full_snapshot(d.vote, snap)
+                    .await
+                    .map_err(|e| e.to_string());
+                encode(&r)
             }
             k => Err(format!("unknown request kind {k}")),
         }

@@ -18,11 +18,11 @@
 
 use crate::apply::ApplierHandle;
 use crate::raft::applied::AppliedStore;
+use crate::raft::snapshot::{self, SnapshotFile};
 use crate::raft::types::{Assembler, Entry, Fed, LogId, NodeId, Request, Response, StorageError, Txn, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use parking_lot::Mutex;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -31,8 +31,7 @@ pub enum PendingState {
     Waiting,
     /// The state machine took the entry as part of the state: the committer must publish it.
     Claimed {
-        index: u64,
-        term: u64,
+        log_id: LogId,
     },
     /// Raft answered with an error, or applied the entry as stale: (SQLite code, message).
     Failed(i32, String),
@@ -85,11 +84,18 @@ pub struct SmShared {
     /// Index of the last transaction entry that is part of the state (the base for new ones).
     pub last_txn: AtomicU64,
     pub pending: Mutex<Option<Arc<PendingCommit>>>,
+    /// What the database files show readers now: the log id and last transaction of the newest
+    /// published transaction (set under WAL_WRITE_LOCK by whoever publishes). Snapshots copy this.
+    pub published: Mutex<(Option<LogId>, u64)>,
+    /// The node's data directory (snapshots live there).
+    pub data: std::path::PathBuf,
     /// Set when this node can no longer serve writes correctly until it restarts.
     pub poisoned: Mutex<Option<String>>,
 }
 
 struct SmState {
+    /// Memberships applied recently, oldest first (a snapshot needs the one at its index).
+    memberships: Vec<StoredMembership<NodeId, BasicNode>>,
     applied: Option<LogId>,
     membership: StoredMembership<NodeId, BasicNode>,
     /// Parts of a split transaction received so far.
@@ -104,6 +110,7 @@ impl SmShared {
         applier: ApplierHandle,
         service: crate::raft::network::RaftService,
         ack_apply: bool,
+        data: std::path::PathBuf,
     ) -> Arc<SmShared> {
         let crate::reconcile::Reconciled {
             applied,
@@ -116,9 +123,12 @@ impl SmShared {
             applier,
             service,
             ack_apply,
+            data,
             node_id,
             store,
+            published: Mutex::new((applied, last_txn)),
             state: Mutex::new(SmState {
+                memberships: vec![membership.clone()],
                 applied,
                 membership,
                 assembler,
@@ -176,6 +186,17 @@ impl SmShared {
         }
     }
 
+    /// The newest applied membership whose log id is at or below `index`.
+    pub fn membership_at(&self, index: u64) -> StoredMembership<NodeId, BasicNode> {
+        let st = self.state.lock();
+        st.memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_none_or(|l| l.index <= index))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn poison(&self, why: String) {
         let mut p = self.poisoned.lock();
         if p.is_none() {
@@ -187,13 +208,18 @@ impl SmShared {
 
     /// Decides what entry `e` does to the state (identically on every node) and returns the
     /// response plus, when the pages must be written from the log, the transaction to apply.
-    fn decide(&self, e: Entry) -> (Response, Option<(Txn, u64, u64)>) {
+    fn decide(&self, e: Entry) -> (Response, Option<(Txn, LogId)>) {
         let mut st = self.state.lock();
         let mut job = None;
         let resp = match e.payload {
             EntryPayload::Blank => Response::None,
             EntryPayload::Membership(m) => {
                 st.membership = StoredMembership::new(Some(e.log_id), m);
+                let m = st.membership.clone();
+                st.memberships.push(m);
+                if st.memberships.len() > 16 {
+                    st.memberships.remove(0);
+                }
                 if let Err(err) = self.store.save_membership(&st.membership) {
                     self.poison(format!("cannot persist membership: {err}"));
                 }
@@ -215,14 +241,11 @@ impl SmShared {
                         let claimed = t.origin == self.node_id
                             && crate::failpoint::hit("sm.claim").is_ok()
                             && match self.pending.lock().as_ref() {
-                                Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed {
-                                    index,
-                                    term: e.log_id.leader_id.term,
-                                }),
+                                Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed { log_id: e.log_id }),
                                 _ => false,
                             };
                         if !claimed {
-                            job = Some((t, index, e.log_id.leader_id.term));
+                            job = Some((t, e.log_id));
                         }
                         self.last_txn.store(index, Ordering::Release);
                         Response::Applied { index }
@@ -238,20 +261,27 @@ impl SmShared {
 #[derive(Clone)]
 pub struct StateMachine(pub Arc<SmShared>);
 
-pub struct NoSnapshots;
+pub struct Builder(Arc<SmShared>);
 
-impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        Err(StorageError::from_io_error(
-            openraft::ErrorSubject::None,
-            openraft::ErrorVerb::Read,
-            std::io::Error::other("snapshots are not available in this version"),
-        ))
+        let (path, stored) = self.0.applier.build_snapshot().await.map_err(|e| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::None,
+                openraft::ErrorVerb::Write,
+                std::io::Error::other(e),
+            )
+        })?;
+        tracing::info!("replicated: built snapshot {}", stored.meta.snapshot_id);
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(SnapshotFile { path }),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
         let st = self.0.state.lock();
@@ -267,10 +297,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             self.0.wait_for_majority_applied(&e).await;
             let (resp, job) = self.0.decide(e);
-            if let Some((txn, index, term)) = job {
+            if let Some((txn, log_id)) = job {
                 if self.0.poisoned.lock().is_none() {
-                    if let Err(err) = self.0.applier.apply(txn, index, term).await {
-                        self.0.poison(format!("applying log entry {index} failed: {err}"));
+                    if let Err(err) = self.0.applier.apply(txn, log_id).await {
+                        self.0
+                            .poison(format!("applying log entry {} failed: {err}", log_id.index));
                     }
                 }
             }
@@ -280,26 +311,61 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        NoSnapshots
+        Builder(self.0.clone())
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let id = format!("local-{}", u64::from_le_bytes(crate::reconcile::random_salt()));
+        let path = snapshot::incoming(&self.0.data, &id)
+            .map_err(|e| StorageError::from_io_error(openraft::ErrorSubject::None, openraft::ErrorVerb::Write, e))?;
+        Ok(Box::new(SnapshotFile { path }))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        Err(StorageError::from_io_error(
-            openraft::ErrorSubject::None,
-            openraft::ErrorVerb::Write,
-            std::io::Error::other("snapshots are not available in this version"),
-        ))
+        let io = |e: String| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::None,
+                openraft::ErrorVerb::Write,
+                std::io::Error::other(e),
+            )
+        };
+        let last_txn =
+            snapshot::last_txn_of(meta).ok_or_else(|| io(format!("bad snapshot id {}", meta.snapshot_id)))?;
+        let stored = snapshot::StoredMeta {
+            meta: meta.clone(),
+            last_txn,
+        };
+        tracing::info!("replicated: installing snapshot {}", meta.snapshot_id);
+        self.0
+            .applier
+            .install_snapshot(data.path.clone(), stored.clone())
+            .await
+            .map_err(io)?;
+        {
+            let mut st = self.0.state.lock();
+            st.applied = meta.last_log_id;
+            st.membership = meta.last_membership.clone();
+            st.memberships = vec![meta.last_membership.clone()];
+            st.assembler = Assembler::default();
+            self.0.last_txn.store(last_txn, Ordering::Release);
+        }
+        self.0
+            .store
+            .save_membership(&meta.last_membership)
+            .map_err(|e| io(e.to_string()))?;
+        snapshot::commit(&self.0.data, &data.path, &stored).map_err(|e| io(e.to_string()))?;
+        *self.0.poisoned.lock() = None;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(None)
+        Ok(snapshot::latest(&self.0.data).map(|(path, stored)| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(SnapshotFile { path }),
+        }))
     }
 }

@@ -23,7 +23,6 @@
 //! over mid-transaction) is discarded by the next part 0 — identically on every node.
 
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 /// Largest page SQLite supports.
 pub const MAX_PAGE_SIZE: u32 = 65536;
@@ -304,7 +303,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::raft::snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

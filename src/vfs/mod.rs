@@ -53,6 +53,9 @@ pub struct MainState {
     locks: ShmLocks,
     /// A commit frame was written since this handle took WAL_WRITE_LOCK.
     commit_pending: bool,
+    /// The log id of the transaction this handle committed and SQLite is publishing; recorded as
+    /// published when the handle releases WAL_WRITE_LOCK (publication happens before that).
+    claimed: Option<(crate::raft::types::LogId, u64)>,
     /// The wrapped main file, for wal-index access at capture time.
     real: *mut ffi::sqlite3_file,
     /// Reason for this connection's last replication failure (`replicated_last_error()`).
@@ -212,6 +215,7 @@ unsafe extern "C" fn v_open(
                 internal,
                 locks: ShmLocks::default(),
                 commit_pending: false,
+                claimed: None,
                 real: (*rf).real,
                 last_error: Mutex::new(None),
             }));
@@ -462,7 +466,10 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),
     };
     match result {
-        Ok(()) => ffi::SQLITE_OK,
+        Ok((log_id, commit_frame)) => {
+            st.claimed = Some((log_id, commit_frame));
+            ffi::SQLITE_OK
+        }
         Err(e) => {
             // Invalidate first, then report: a crash after this point must not resurrect it.
             let first = capture::read_shm_header(st.real)
@@ -600,6 +607,19 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
                 if let Err(e) = db.begin_write() {
                     report(st, e.code, &e.msg);
                     return e.code;
+                }
+            }
+        }
+        if !lock && excl && offset == 0 {
+            if let (Some((log_id, frame)), Some(db)) = (st.claimed.take(), st.db.clone()) {
+                // Still under WAL_WRITE_LOCK: SQLite has published the commit (or failed to).
+                match capture::read_shm_header(st.real) {
+                    Ok(h) if h.mx_frame as u64 >= frame => db.set_published(log_id, log_id.index),
+                    _ => db.poison(format!(
+                        "log entry {} was committed in the cluster but SQLite did not publish it here; \
+                         restart this node to replay it",
+                        log_id.index
+                    )),
                 }
             }
         }

@@ -1,0 +1,189 @@
+//! Snapshots: a consistent copy of the database at an applied log index, as one plain file.
+//!
+//! ```text
+//! <data>/snapshots/snap-<index>-<term>.db     the database image at that index: page i of the
+//!                                             file is page i of the database, nPage pages
+//! <data>/snapshots/snap-<index>-<term>.json   openraft's SnapshotMeta, plus `last_txn`
+//! <data>/snapshots/incoming-<id>              a snapshot being received
+//! ```
+//! Building (apply.rs does it on the apply thread, so no apply runs meanwhile): under
+//! WAL_WRITE_LOCK, note what is published (log id, last transaction) and open a read transaction on
+//! a dedicated connection; release the lock. The read transaction pins the WAL (no restart can
+//! reuse frames at or below its snapshot) and nothing at or below it changes. The image is then
+//! the database file overlaid with the newest WAL frame of each page up to `mxFrame`, exactly what
+//! a full checkpoint would produce. A checkpoint may meanwhile copy frames into the database file,
+//! but only frames at or below the reader's mark, and only of pages the overlay takes from the WAL.
+//!
+//! Installing goes through the applier as one (large) transaction, so readers keep their
+//! snapshots. Only the newest snapshot is kept; openraft purges the log up to it, and restart can
+//! restore the database from it when the entries it needs were purged (reconcile.rs).
+
+use crate::raft::types::{LogId, NodeId};
+use crate::wal::frames::{be32, WalHeader, FRAME_HDR, WAL_HDR};
+use openraft::{BasicNode, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// openraft's snapshot data: a file on disk (never the whole database in memory).
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredMeta {
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    /// Index of the last transaction in the image (the base rule's starting point).
+    pub last_txn: u64,
+}
+
+pub fn dir(data: &Path) -> PathBuf {
+    data.join("snapshots")
+}
+
+fn stem(log_id: &LogId) -> String {
+    format!("snap-{:020}-{}", log_id.index, log_id.leader_id.term)
+}
+
+/// `snapshot_id` carries `last_txn`, so a receiver learns it with the meta.
+pub fn snapshot_id(log_id: &LogId, last_txn: u64) -> String {
+    format!("{}-{}-{}", log_id.index, log_id.leader_id.term, last_txn)
+}
+
+pub fn last_txn_of(meta: &SnapshotMeta<NodeId, BasicNode>) -> Option<u64> {
+    meta.snapshot_id.rsplit('-').next()?.parse().ok()
+}
+
+fn sync_dir(d: &Path) -> io::Result<()> {
+    File::open(d)?.sync_all()
+}
+
+/// Makes `tmp` (a complete image) the current snapshot with `meta`; removes older ones.
+pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBuf> {
+    let d = dir(data);
+    std::fs::create_dir_all(&d)?;
+    let log_id = stored
+        .meta
+        .last_log_id
+        .ok_or_else(|| io::Error::other("snapshot without a log id"))?;
+    let base = d.join(stem(&log_id));
+    let db = base.with_extension("db");
+    File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, &db)?;
+    let json = serde_json::to_vec(stored).map_err(io::Error::other)?;
+    let mtmp = base.with_extension("json.tmp");
+    {
+        let mut f = File::create(&mtmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&mtmp, base.with_extension("json"))?;
+    sync_dir(&d)?;
+    // Older snapshots are no longer needed.
+    for e in std::fs::read_dir(&d)?.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("snap-") && !name.starts_with(&stem(&log_id)) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Ok(db)
+}
+
+/// The newest complete snapshot: (image path, meta).
+pub fn latest(data: &Path) -> Option<(PathBuf, StoredMeta)> {
+    let d = dir(data);
+    let mut best: Option<(PathBuf, StoredMeta)> = None;
+    for e in std::fs::read_dir(&d).ok()?.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(b) = std::fs::read(&p) else { continue };
+        let Ok(m) = serde_json::from_slice::<StoredMeta>(&b) else {
+            continue;
+        };
+        let db = p.with_extension("db");
+        if !db.exists() {
+            continue;
+        }
+        let idx = m.meta.last_log_id.map(|l| l.index);
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| b.meta.last_log_id.map(|l| l.index) < idx)
+        {
+            best = Some((db, m));
+        }
+    }
+    best
+}
+
+/// A path for a snapshot being received (`id` is sanitised: it comes from the network).
+pub fn incoming(data: &Path, id: &str) -> io::Result<PathBuf> {
+    if id.is_empty() || id.len() > 80 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(io::Error::other(format!("bad snapshot id {id:?}")));
+    }
+    let d = dir(data);
+    std::fs::create_dir_all(&d)?;
+    Ok(d.join(format!("incoming-{id}")))
+}
+
+/// Writes the database image as of WAL frame `mx_frame` (database size `n_page` pages): the
+/// database file overlaid with the newest frame of each page in frames 1..=mx_frame.
+pub fn copy_image(db: &Path, wal: &Path, mx_frame: u32, n_page: u32, page_size: u32, out: &Path) -> io::Result<()> {
+    let ps = page_size as usize;
+    let mut newest: HashMap<u32, u64> = HashMap::new();
+    let walf = if mx_frame > 0 { Some(File::open(wal)?) } else { None };
+    let mut hdr = None;
+    if let Some(w) = &walf {
+        let mut hb = [0u8; WAL_HDR];
+        w.read_exact_at(&mut hb, 0)?;
+        let h = WalHeader::parse(&hb).ok_or_else(|| io::Error::other("snapshot: invalid WAL header"))?;
+        if h.page_size != page_size {
+            return Err(io::Error::other("snapshot: WAL page size differs from the database's"));
+        }
+        let mut fh = [0u8; FRAME_HDR];
+        for n in 1..=mx_frame as u64 {
+            w.read_exact_at(&mut fh, h.frame_offset(n))?;
+            newest.insert(be32(&fh, 0), n);
+        }
+        hdr = Some(h);
+    }
+    let dbf = File::open(db)?;
+    let db_len = dbf.metadata()?.len();
+    let mut o = OpenOptions::new().create(true).write(true).truncate(true).open(out)?;
+    let mut buf = vec![0u8; ps];
+    for pg in 1..=n_page {
+        match (newest.get(&pg), &walf, &hdr) {
+            (Some(&n), Some(w), Some(h)) => w.read_exact_at(&mut buf, h.frame_offset(n) + FRAME_HDR as u64)?,
+            _ => {
+                let off = (pg as u64 - 1) * ps as u64;
+                if off + ps as u64 > db_len {
+                    return Err(io::Error::other(format!(
+                        "snapshot: page {pg} is in neither the database nor the WAL"
+                    )));
+                }
+                dbf.read_exact_at(&mut buf, off)?;
+            }
+        }
+        o.write_all(&buf)?;
+    }
+    o.sync_all()
+}
+
+/// Restart path: replace the database file with a snapshot image (no connection has it open).
+pub fn restore_db_file(image: &Path, db: &Path) -> io::Result<()> {
+    let tmp = crate::reconcile::sibling(db, "-restore");
+    std::fs::copy(image, &tmp)?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, db)?;
+    if let Some(d) = db.parent() {
+        let d = if d.as_os_str().is_empty() { Path::new(".") } else { d };
+        sync_dir(d)?;
+    }
+    Ok(())
+}
