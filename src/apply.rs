@@ -416,16 +416,22 @@ impl Conn {
         }
     }
 
-    /// `walIndexAppend` for frame `frame` holding page `pgno`; `committed` is the published mxFrame.
-    unsafe fn index_append(&self, committed: u32, frame: u32, pgno: u32) -> Result<(), String> {
+    /// `walHashGet`: the page-number array, hash table and first frame number (minus one) of the
+    /// wal-index block that holds frame `frame`.
+    unsafe fn hash_block(&self, frame: u32) -> Result<(*mut u32, *mut u16, u32), String> {
         let block = (frame + NPAGE - NPAGE_ONE - 1) / NPAGE;
         let base = self.region(block as i32)?;
         let a_hash = base.add(NPAGE as usize * 4) as *mut u16;
-        let (a_pgno, zero) = if block == 0 {
-            (base.add(INDEX_HDR_SIZE) as *mut u32, 0)
+        Ok(if block == 0 {
+            (base.add(INDEX_HDR_SIZE) as *mut u32, a_hash, 0)
         } else {
-            (base as *mut u32, NPAGE_ONE + (block - 1) * NPAGE)
-        };
+            (base as *mut u32, a_hash, NPAGE_ONE + (block - 1) * NPAGE)
+        })
+    }
+
+    /// `walIndexAppend` for frame `frame` holding page `pgno`; `committed` is the published mxFrame.
+    unsafe fn index_append(&self, committed: u32, frame: u32, pgno: u32) -> Result<(), String> {
+        let (a_pgno, a_hash, zero) = self.hash_block(frame)?;
         let idx = frame - zero;
         if idx == 1 {
             let n = a_hash.add(NSLOT as usize) as usize - a_pgno as usize;
@@ -453,14 +459,7 @@ impl Conn {
         if committed == 0 {
             return Ok(());
         }
-        let block = (committed + NPAGE - NPAGE_ONE - 1) / NPAGE;
-        let base = self.region(block as i32)?;
-        let a_hash = base.add(NPAGE as usize * 4) as *mut u16;
-        let (a_pgno, zero) = if block == 0 {
-            (base.add(INDEX_HDR_SIZE) as *mut u32, 0)
-        } else {
-            (base as *mut u32, NPAGE_ONE + (block - 1) * NPAGE)
-        };
+        let (a_pgno, a_hash, zero) = self.hash_block(committed)?;
         let limit = committed - zero;
         for i in 0..NSLOT as usize {
             if u32::from(ptr::read_volatile(a_hash.add(i))) > limit {
