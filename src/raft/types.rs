@@ -89,6 +89,10 @@ impl Txn {
     pub fn into_parts(self) -> Vec<Txn> {
         let ps = self.page_size as usize;
         let per = (PART_BYTES / ps.max(1)).max(1);
+        if self.pgnos.len() <= per {
+            // The common case: one entry, no copy.
+            return vec![Txn { part: 0, last: true, ..self }];
+        }
         let n = self.pgnos.len().div_ceil(per).max(1);
         let mut out = Vec::with_capacity(n);
         for (i, pgnos) in self.pgnos.chunks(per).enumerate() {
