@@ -60,7 +60,7 @@ struct Done {
 /// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
 /// gives every AppendEntries `heartbeat_interval` to complete (then backs off for 500 ms), so a
 /// batch must be small enough for a follower to receive, write and fsync in that time.
-pub const MAX_APPEND_BYTES: usize = 1 << 20;
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
 
 fn to_rpc_error<E: std::error::Error>(e: NetError) -> RPCError<NodeId, BasicNode, E> {
     match e {
