@@ -851,6 +851,72 @@ impl Database {
         Ok(resp.log_id.index)
     }
 
+    /// `replicated_transfer_leader`: hands leadership to voter `target`. openraft 0.9 has no
+    /// transfer, and followers refuse to vote while the leader's lease holds, so: wait until the
+    /// target has the whole log, stop heartbeats until the followers' leases have expired, ask the
+    /// target to campaign (its log is the freshest, so it wins), then resume heartbeats whatever
+    /// happened. Writes during the hand-over renew the leases and make it fail (an error says so).
+    pub fn transfer_leader(&self, target: NodeId, timeout: Duration) -> Result<NodeId, String> {
+        self.require_leader("replicated_transfer_leader")?;
+        if target == self.cfg.node {
+            return Ok(target);
+        }
+        let deadline = Instant::now() + timeout;
+        let addr = match self.view().members.iter().find(|m| m.0 == target) {
+            Some((_, addr, true)) => addr.clone(),
+            Some(_) => return Err(format!("replicated_transfer_leader: node {target} is not a voter")),
+            None => return Err(format!("replicated_transfer_leader: node {target} is not a member")),
+        };
+        loop {
+            let v = self.view();
+            if v.matched.get(&target).copied().unwrap_or(0) >= v.last_log {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replicated_transfer_leader: node {target} did not catch up in time"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.raft.runtime_config().heartbeat(false);
+        let result = (|| {
+            // Followers refuse votes for the lease (election_timeout_max) after the last heartbeat.
+            std::thread::sleep(Duration::from_millis(self.cfg.election_ms * 2 + 20));
+            let t = self.transport.clone();
+            run_blocking(
+                async move {
+                    t.call(
+                        target,
+                        &addr,
+                        crate::raft::network::CAMPAIGN,
+                        &[],
+                        Duration::from_secs(2),
+                    )
+                    .await
+                },
+                Duration::from_secs(3),
+            )?
+            .map_err(|e| format!("replicated_transfer_leader: asking node {target} to campaign: {e}"))?;
+            loop {
+                let v = self.view();
+                if v.leader == Some(target) {
+                    return Ok(target);
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "replicated_transfer_leader: node {target} did not take over (leader is {:?}); \
+                         writes during the hand-over keep the old leader",
+                        v.leader
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })();
+        self.raft.runtime_config().heartbeat(true);
+        result
+    }
+
     /// `replicated_remove_node`: removes a voter or learner from the cluster.
     pub fn remove_node(&self, id: NodeId, timeout: Duration) -> Result<u64, String> {
         self.require_leader("replicated_remove_node")?;

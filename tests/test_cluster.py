@@ -432,3 +432,27 @@ def test_wiped_node_rebuilds_from_the_log(cluster):
     c.write("insert into t values(100)")
     c.sync_all()
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_transfer_leader(cluster):
+    c = cluster(3)
+    old = c.leader()
+    old.sql("create table t(a)")
+    old.sql("insert into t values(1)")
+    target = c.followers()[0]
+    with pytest.raises(SqlError) as e:
+        target.sql("select replicated_transfer_leader(?)", target.id)
+    assert "leader" in str(e.value)
+    with pytest.raises(SqlError):
+        old.sql("select replicated_transfer_leader(99)")
+    assert old.one("select replicated_transfer_leader(?)", target.id) == target.id
+    assert c.leader().id == target.id
+    target.sql("insert into t values(2)")
+    with pytest.raises(SqlError) as e:
+        old.sql("insert into t values(3)")
+    assert e.value.code & 0xff == SQLITE_READONLY
+    c.sync_all()
+    assert {n.one("select count(*) from t") for n in c.alive()} == {2}
+    # And back.
+    assert target.one("select replicated_transfer_leader(?)", old.id) == old.id
+    assert c.leader().id == old.id

@@ -34,6 +34,7 @@ pub const READ_INDEX: u8 = 4;
 pub const APPLIED: u8 = 5;
 pub const SNAPSHOT_CHUNK: u8 = 6;
 pub const SNAPSHOT_DONE: u8 = 7;
+pub const CAMPAIGN: u8 = 8;
 
 /// Bytes of snapshot image per SNAPSHOT_CHUNK message.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -317,6 +318,11 @@ impl RaftService {
                     .await
                     .map_err(|e| e.to_string());
                 encode(&r)
+            }
+            CAMPAIGN => {
+                // The leader hands over (replicated_transfer_leader): start an election now.
+                raft.trigger().elect().await.map_err(|e| e.to_string())?;
+                encode(&())
             }
             k => Err(format!("unknown request kind {k}")),
         }

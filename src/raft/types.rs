@@ -91,7 +91,11 @@ impl Txn {
         let per = (PART_BYTES / ps.max(1)).max(1);
         if self.pgnos.len() <= per {
             // The common case: one entry, no copy.
-            return vec![Txn { part: 0, last: true, ..self }];
+            return vec![Txn {
+                part: 0,
+                last: true,
+                ..self
+            }];
         }
         let n = self.pgnos.len().div_ceil(per).max(1);
         let mut out = Vec::with_capacity(n);

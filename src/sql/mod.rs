@@ -145,6 +145,27 @@ unsafe extern "C" fn fn_remove_node(ctx: *mut ffi::sqlite3_context, _argc: c_int
     })
 }
 
+unsafe extern "C" fn fn_transfer_leader(
+    ctx: *mut ffi::sqlite3_context,
+    _argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    guard((), || match node_of(ctx, "main") {
+        Ok(db) => {
+            let id = ffi::sqlite3_value_int64(*argv);
+            if id <= 0 {
+                return result_error(ctx, "replicated_transfer_leader: node id must be > 0");
+            }
+            let timeout = std::time::Duration::from_millis(db.cfg.timeout_ms.max(5000));
+            match db.transfer_leader(id as u64, timeout) {
+                Ok(i) => ffi::sqlite3_result_int64(ctx, i as i64),
+                Err(e) => result_error(ctx, &e),
+            }
+        }
+        Err(e) => result_error(ctx, &e),
+    })
+}
+
 unsafe extern "C" fn fn_last_error(ctx: *mut ffi::sqlite3_context, _argc: c_int, _argv: *mut *mut ffi::sqlite3_value) {
     guard((), || match file_state(ctx, "main") {
         Ok(st) => {
@@ -173,6 +194,7 @@ pub unsafe fn register_functions(db: *mut ffi::sqlite3) -> Result<(), String> {
         (c"replicated_add_node", 2, fn_add_node),
         (c"replicated_add_node", 3, fn_add_node),
         (c"replicated_remove_node", 1, fn_remove_node),
+        (c"replicated_transfer_leader", 1, fn_transfer_leader),
         (c"replicated_sync", 0, fn_sync),
         (c"replicated_sync", 1, fn_sync),
         (c"replicated_last_error", 0, fn_last_error),
