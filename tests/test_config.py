@@ -127,3 +127,25 @@ def test_second_process_with_same_node_is_refused(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_node_does_not_start_while_another_process_has_the_database_open(tmp_path):
+    """Restart reconciliation rewrites the WAL and deletes -shm; a reader attached meanwhile would be
+    left on a stale wal-index, so the node refuses to start and says why."""
+    import subprocess
+    port = free_port()
+    run_shell(f".load {LIB}\n.open 'file:{tmp_path}/app.db?vfs=replicated&{good(port)}'\ncreate table t(a);\n"
+              "insert into t values(1);\n")
+    reader = subprocess.Popen(["sqlite3", "-readonly", str(tmp_path / "app.db")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdin.write("select count(*) from t;\n")
+    reader.stdin.flush()
+    assert reader.stdout.readline().strip() == "1"
+    try:
+        p = open_uri(tmp_path, good(port), sql="select count(*) from t;")
+        assert "open in another process" in p.stdout + p.stderr, p.stdout + p.stderr
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=10)
+    p = open_uri(tmp_path, good(port), sql="select count(*) from t;")
+    assert p.returncode == 0 and p.stdout.strip() == "1", p.stdout + p.stderr
