@@ -158,32 +158,30 @@ impl ApplierHandle {
         let _ = self.tx.try_send(Job::Attach(db));
     }
 
+    /// Queues the job `make` builds around a reply channel, and waits for the apply thread's answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> Job,
+    ) -> Result<T, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx.try_send(make(reply)).map_err(|e| format!("apply queue: {e}"))?;
+        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+    }
+
     /// Applies `txn` (committed at `log_id`); resolves when it is published.
     pub async fn apply(&self, txn: Txn, log_id: LogId) -> Result<(), String> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .try_send(Job::Apply { txn, log_id, reply })
-            .map_err(|e| format!("apply queue: {e}"))?;
-        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+        self.request(|reply| Job::Apply { txn, log_id, reply }).await
     }
 
     /// Builds a snapshot of what is published now (between applies).
     pub async fn build_snapshot(&self) -> Result<(PathBuf, StoredMeta), String> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .try_send(Job::Build { reply })
-            .map_err(|e| format!("apply queue: {e}"))?;
-        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+        self.request(|reply| Job::Build { reply }).await
     }
 
     /// Replaces the database content with a snapshot image, as one transaction that readers do
     /// not see until it is published.
     pub async fn install_snapshot(&self, image: PathBuf, stored: StoredMeta) -> Result<(), String> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .try_send(Job::Install { image, stored, reply })
-            .map_err(|e| format!("apply queue: {e}"))?;
-        rx.await.map_err(|_| "the apply thread is gone".to_string())?
+        self.request(|reply| Job::Install { image, stored, reply }).await
     }
 }
 
