@@ -48,6 +48,7 @@ use crate::raft::snapshot::{self, StoredMeta};
 use crate::raft::types::{LogId, Txn};
 use crate::wal::frames::{self, checksum, WalHeader, WAL_HDR};
 use libsqlite3_sys as ffi;
+use parking_lot::Mutex;
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -140,6 +141,20 @@ impl Source<'_> {
 #[derive(Clone)]
 pub struct ApplierHandle {
     tx: crossbeam_channel::Sender<Job>,
+    /// Why applying is waiting (a full disk), for replicated_status().
+    stalled: Arc<Mutex<Option<String>>>,
+}
+
+/// Prefix of an apply error caused by a full disk (SQLITE_FULL on a WAL write): retried.
+const DISK_FULL: &str = "disk full: ";
+
+/// DISK_FULL for an I/O error that means the disk is full, else nothing.
+fn full_prefix(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) {
+        DISK_FULL
+    } else {
+        ""
+    }
 }
 
 impl ApplierHandle {
@@ -147,11 +162,18 @@ impl ApplierHandle {
     /// job, after `attach`.
     pub fn spawn(path: String) -> Result<ApplierHandle, String> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let stalled = Arc::new(Mutex::new(None));
+        let s = stalled.clone();
         std::thread::Builder::new()
             .name("replicated-apply".into())
-            .spawn(move || run(path, rx))
+            .spawn(move || run(path, rx, s))
             .map_err(|e| format!("replicated: cannot start the apply thread: {e}"))?;
-        Ok(ApplierHandle { tx })
+        Ok(ApplierHandle { tx, stalled })
+    }
+
+    /// Why applying is waiting (a full disk), if it is.
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled.lock().clone()
     }
 
     pub fn attach(&self, db: Weak<Database>) {
@@ -185,7 +207,7 @@ impl ApplierHandle {
     }
 }
 
-fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
+fn run(path: String, rx: crossbeam_channel::Receiver<Job>, stalled: Arc<Mutex<Option<String>>>) {
     let mut db: Option<Weak<Database>> = None;
     let mut conn: Option<Conn> = None;
     let mut broken: Option<String> = None;
@@ -210,8 +232,10 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
                         return Err(format!("an earlier apply failed ({b}); restart the node to replay"));
                     }
                     let c = conn.as_mut().ok_or("no connection")?;
-                    crate::ffi::guard(Err("panic in the applier".into()), || {
-                        c.apply(&d, &Source::Txn(&txn), log_id, log_id.index)
+                    until_space(&stalled, &format!("applying entry {}", log_id.index), || {
+                        crate::ffi::guard(Err("panic in the applier".into()), || {
+                            c.apply(&d, &Source::Txn(&txn), log_id, log_id.index)
+                        })
                     })
                 });
                 if let Err(e) = &r {
@@ -222,8 +246,10 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
             Job::Build { reply } => {
                 let r = ready.and_then(|d| {
                     let c = conn.as_mut().ok_or("no connection")?;
-                    crate::ffi::guard(Err("panic while building a snapshot".into()), || {
-                        c.build_snapshot(&path, &d)
+                    until_space(&stalled, "building a snapshot", || {
+                        crate::ffi::guard(Err("panic while building a snapshot".into()), || {
+                            c.build_snapshot(&path, &d)
+                        })
                     })
                 });
                 let _ = reply.send(r);
@@ -231,8 +257,10 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
             Job::Install { image, stored, reply } => {
                 let r = ready.and_then(|d| {
                     let c = conn.as_mut().ok_or("no connection")?;
-                    let r = crate::ffi::guard(Err("panic while installing a snapshot".into()), || {
-                        c.install_snapshot(&d, &image, &stored)
+                    let r = until_space(&stalled, "installing a snapshot", || {
+                        crate::ffi::guard(Err("panic while installing a snapshot".into()), || {
+                            c.install_snapshot(&d, &image, &stored)
+                        })
                     });
                     // A snapshot replaces the whole state: it also clears an earlier failure.
                     if r.is_ok() {
@@ -245,6 +273,37 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>) {
         }
     }
     drop(conn.take());
+}
+
+/// Runs `attempt` again, with a growing pause (10 ms to 1 s), for as long as it fails because the
+/// disk is full (an error starting with DISK_FULL). Every job of the applier fails such a write
+/// before it publishes or indexes anything, so trying the same job again is safe. Meanwhile
+/// `stalled` says what waits, for replicated_status(); a full disk thus stalls this node's applies
+/// instead of stopping the node, and they resume by themselves when space is freed.
+fn until_space<T>(
+    stalled: &Mutex<Option<String>>,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut wait = Duration::from_millis(10);
+    loop {
+        match attempt() {
+            Err(e) if e.starts_with(DISK_FULL) => {
+                if stalled.lock().is_none() {
+                    tracing::error!("replicated: {what} is waiting for disk space: {e}");
+                    *stalled.lock() = Some(format!("{what} is waiting for disk space: {e}"));
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            r => {
+                if stalled.lock().take().is_some() {
+                    tracing::warn!("replicated: {what} goes on: disk space is available again");
+                }
+                return r;
+            }
+        }
+    }
 }
 
 /// The applier's own connection: idle, used for its file handles (locks, shm, WAL).
@@ -372,8 +431,9 @@ impl Conn {
         }
         .unwrap_or(ffi::SQLITE_IOERR);
         if rc != ffi::SQLITE_OK {
+            let full = if rc & 0xff == ffi::SQLITE_FULL { DISK_FULL } else { "" };
             return Err(format!(
-                "applier: WAL {} at {off} failed ({rc})",
+                "{full}applier: WAL {} at {off} failed ({rc})",
                 if write { "write" } else { "read" }
             ));
         }
@@ -686,7 +746,10 @@ impl Conn {
                     &tmp,
                 )
             })
-            .map_err(|e| format!("snapshot: copying the database: {e}"));
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp); // a partial copy only takes space
+                format!("{}snapshot: copying the database: {e}", full_prefix(&e))
+            });
         if let Some(s) = &self.snap {
             let _ = s.exec(c"COMMIT");
         }
@@ -699,7 +762,10 @@ impl Conn {
             },
             last_txn,
         };
-        let image = snapshot::commit(&data, &tmp, &stored).map_err(|e| format!("snapshot: saving: {e}"))?;
+        let image = snapshot::commit(&data, &tmp, &stored).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("{}snapshot: saving: {e}", full_prefix(&e))
+        })?;
         Ok((image, stored))
     }
 

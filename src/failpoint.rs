@@ -8,6 +8,7 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +66,8 @@ pub fn hit(name: &str) -> std::io::Result<()> {
     };
     match action {
         Action::Crash => {
-            eprintln!("replicated: failpoint {name}: crash");
+            // writeln! to stderr never panics (eprintln! does when stderr cannot be written).
+            let _ = writeln!(std::io::stderr(), "replicated: failpoint {name}: crash");
             // SAFETY: SIGKILL to ourselves: the closest thing to kill -9 from outside.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
@@ -73,7 +75,8 @@ pub fn hit(name: &str) -> std::io::Result<()> {
             }
         }
         Action::Pause => {
-            eprintln!("replicated: failpoint {name}: pause");
+            // writeln! to stderr never panics (eprintln! does when stderr cannot be written).
+            let _ = writeln!(std::io::stderr(), "replicated: failpoint {name}: pause");
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }

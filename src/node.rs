@@ -83,6 +83,9 @@ pub struct View {
     pub purged: Option<u64>,
 }
 
+/// How long the log must stay unchanged before a leader transfer lets the leases expire.
+const HANDOVER_QUIET: Duration = Duration::from_millis(40);
+
 pub struct Database {
     transport: crate::net::Transport,
     pub path: PathBuf,
@@ -93,6 +96,12 @@ pub struct Database {
     metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
     next_txn_id: AtomicU64,
     pid: u32,
+    /// Set while replicated_transfer_leader hands leadership over: new write transactions wait
+    /// (their appends would renew the followers' leases and keep this node leader).
+    handover: std::sync::atomic::AtomicBool,
+    /// Snapshots being sent and received (for replicated_status()).
+    sending: crate::raft::network::Transfers,
+    receiving: crate::raft::network::Transfers,
     _lock: std::fs::File,
 }
 
@@ -122,6 +131,9 @@ fn init_logging() {
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_target(false)
+            // When stderr cannot be written (a full disk), the default reports that with
+            // eprintln!, which panics: in whatever thread logged, the Raft core's included.
+            .log_internal_errors(false)
             .try_init();
     });
 }
@@ -395,6 +407,10 @@ impl Database {
                 path.display()
             );
         }
+        let snapshots = cfg.data.clone();
+        log.set_purge_guard(Box::new(move || {
+            crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index))
+        }));
         let applier = crate::apply::ApplierHandle::spawn(path.display().to_string())?;
         let service = RaftService::new();
         let sm = SmShared::new(
@@ -445,8 +461,11 @@ impl Database {
         .validate()
         .map_err(|e| format!("replicated: bad Raft timing: {e}"))?;
         let (id, log2, sm2) = (cfg.node, log.clone(), StateMachine(sm.clone()));
+        let sending = crate::raft::network::Transfers::default();
+        let receiving = service.receiving.clone();
         let net = QuicNetwork {
             transport: transport.clone(),
+            sending: sending.clone(),
         };
         let raft = run_blocking(
             async move { Raft::new(id, Arc::new(raft_cfg), net, log2, sm2).await },
@@ -489,6 +508,9 @@ impl Database {
             transport,
             next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
             pid: std::process::id(),
+            handover: std::sync::atomic::AtomicBool::new(false),
+            sending,
+            receiving,
             _lock: lock,
         });
         applier.attach(Arc::downgrade(&db));
@@ -558,6 +580,11 @@ impl Database {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
         let mut pause = Duration::from_millis(1);
         loop {
+            if self.handover.load(Ordering::Acquire) && Instant::now() < deadline {
+                // A leader transfer is under way: after it, this node is most likely a follower.
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
             let v = self.view();
             if v.shutdown {
                 return Err(WriteError::new(IOERR_REPLICATION, "the Raft node has shut down"));
@@ -852,10 +879,10 @@ impl Database {
     }
 
     /// `replicated_transfer_leader`: hands leadership to voter `target`. openraft 0.9 has no
-    /// transfer, and followers refuse to vote while the leader's lease holds, so: wait until the
-    /// target has the whole log, stop heartbeats until the followers' leases have expired, ask the
-    /// target to campaign (its log is the freshest, so it wins), then resume heartbeats whatever
-    /// happened. Writes during the hand-over renew the leases and make it fail (an error says so).
+    /// transfer, and followers refuse to vote while the leader's lease holds, so new write
+    /// transactions are held back (they wait in begin_write, then find the new leader and get
+    /// SQLITE_READONLY naming it) while `hand_over_once` lets the leases expire and the target
+    /// campaign; an attempt spoiled by a write already under way is repeated until `timeout`.
     pub fn transfer_leader(&self, target: NodeId, timeout: Duration) -> Result<NodeId, String> {
         self.require_leader("replicated_transfer_leader")?;
         if target == self.cfg.node {
@@ -867,9 +894,36 @@ impl Database {
             Some(_) => return Err(format!("replicated_transfer_leader: node {target} is not a voter")),
             None => return Err(format!("replicated_transfer_leader: node {target} is not a member")),
         };
+        self.handover.store(true, Ordering::Release);
+        let mut result = Err(format!(
+            "replicated_transfer_leader: node {target} did not take over in time"
+        ));
+        // A write that was already under way when new ones were held back may still renew the
+        // leases during the first attempt; later attempts find the log quiet.
+        while Instant::now() < deadline && self.view().leader == Some(self.cfg.node) {
+            result = self.hand_over_once(target, &addr, deadline);
+            if result.is_ok() {
+                break;
+            }
+        }
+        self.handover.store(false, Ordering::Release);
+        result
+    }
+
+    /// One attempt of replicated_transfer_leader: wait until `target` has the whole log, stop
+    /// heartbeats until the followers' leases have expired, ask the target to campaign (its log is
+    /// the freshest, so it wins), then resume heartbeats whatever happened.
+    fn hand_over_once(&self, target: NodeId, addr: &str, deadline: Instant) -> Result<NodeId, String> {
+        // The target has the whole log, and the log has been quiet for a moment: writes that
+        // were under way when new ones were held back have committed.
+        let mut quiet = (self.view().last_log, Instant::now());
         loop {
             let v = self.view();
-            if v.matched.get(&target).copied().unwrap_or(0) >= v.last_log {
+            if v.last_log != quiet.0 {
+                quiet = (v.last_log, Instant::now());
+            }
+            let caught_up = v.matched.get(&target).copied().unwrap_or(0) >= v.last_log;
+            if caught_up && quiet.1.elapsed() >= HANDOVER_QUIET {
                 break;
             }
             if Instant::now() >= deadline {
@@ -879,11 +933,19 @@ impl Database {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        let last_log = self.view().last_log;
         self.raft.runtime_config().heartbeat(false);
         let result = (|| {
             // Followers refuse votes for the lease (election_timeout_max) after the last heartbeat.
             std::thread::sleep(Duration::from_millis(self.cfg.election_ms * 2 + 20));
+            let now_last = self.view().last_log;
+            if now_last != last_log {
+                return Err(format!(
+                    "replicated_transfer_leader: writes renewed the leases (log {last_log} -> {now_last})"
+                ));
+            }
             let t = self.transport.clone();
+            let addr = addr.to_string();
             run_blocking(
                 async move {
                     t.call(
@@ -898,15 +960,15 @@ impl Database {
                 Duration::from_secs(3),
             )?
             .map_err(|e| format!("replicated_transfer_leader: asking node {target} to campaign: {e}"))?;
+            let settle = Instant::now() + Duration::from_millis(self.cfg.election_ms * 4 + 200);
             loop {
                 let v = self.view();
                 if v.leader == Some(target) {
                     return Ok(target);
                 }
-                if Instant::now() >= deadline {
+                if Instant::now() >= deadline.min(settle) {
                     return Err(format!(
-                        "replicated_transfer_leader: node {target} did not take over (leader is {:?}); \
-                         writes during the hand-over keep the old leader",
+                        "replicated_transfer_leader: node {target} did not take over (leader is {:?})",
                         v.leader
                     ));
                 }
@@ -947,10 +1009,12 @@ impl Database {
             applied: self.sm.applied(),
             last_txn: self.sm.last_txn.load(Ordering::Acquire),
         };
+        crate::failpoint::hit("checkpoint.before_marker").map_err(|e| e.to_string())?;
         self.sm
             .store
             .set_marker(m)
-            .map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))
+            .map_err(|e| format!("replicated: cannot record the checkpoint marker: {e}"))?;
+        crate::failpoint::hit("checkpoint.after_marker").map_err(|e| e.to_string())
     }
 
     /// Whoever publishes a transaction (the applier, or a committer at its write-lock release)
@@ -983,6 +1047,7 @@ impl Database {
     }
 
     pub fn on_checkpoint_start(&self) -> Result<(), String> {
+        crate::failpoint::hit("checkpoint.start").map_err(|e| e.to_string())?;
         self.sm
             .store
             .sync()
@@ -990,7 +1055,10 @@ impl Database {
     }
 
     pub fn last_error_of_node(&self) -> Option<String> {
-        self.sm.poisoned.lock().clone()
+        let poisoned = self.sm.poisoned.lock().clone();
+        poisoned
+            .or_else(|| self.log.stalled())
+            .or_else(|| self.sm.applier.stalled())
     }
 
     pub fn committed_index(&self) -> u64 {
@@ -1038,6 +1106,13 @@ impl Database {
             "data": self.cfg.data.display().to_string(),
             "snapshot_index": v.snapshot,
             "purged_index": v.purged,
+            "snapshot_transfers": self
+                .sending
+                .lock()
+                .values()
+                .chain(self.receiving.lock().values())
+                .cloned()
+                .collect::<Vec<_>>(),
             "error": self.last_error_of_node(),
         })
         .to_string()

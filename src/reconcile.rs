@@ -212,12 +212,18 @@ pub fn reconcile(
     // 2. No stale wal-index.
     remove_if_exists(&sibling(db_path, "-shm")).map_err(|e| err("deleting -shm", e))?;
 
-    // The applied log id must carry the real leader id; take it from the log when we can.
+    // The applied log id must carry the real leader id (openraft does not order log ids of one
+    // term with different leaders): take it from the log, or from the snapshot that ends there.
+    let newest_snapshot = crate::raft::snapshot::latest(data);
     if let Some(a) = applied {
-        if let Ok(mut es) = log.entries_sync(a.index, a.index) {
-            if let Some(e) = es.pop() {
-                applied = Some(e.log_id);
-            }
+        if let Some(e) = log.entries_sync(a.index, a.index).ok().and_then(|mut es| es.pop()) {
+            applied = Some(e.log_id);
+        } else if let Some(l) = newest_snapshot
+            .as_ref()
+            .and_then(|(_, s)| s.meta.last_log_id)
+            .filter(|l| l.index == a.index)
+        {
+            applied = Some(l);
         }
     }
 
@@ -229,10 +235,17 @@ pub fn reconcile(
     // are non-transaction entries (harmless to replay) or parts of a transaction that was still
     // being assembled, which the assembler must see again from its first part.
     let mut start = if last_txn > 0 { last_txn + 1 } else { 0 };
-    // The entries to replay were purged behind a snapshot: restore the database file from the
-    // newest local snapshot (nothing has it open now) and replay after it.
-    if let Some(p) = log.purged_sync().map(|p| p.index).filter(|p| start <= *p) {
-        let Some((image, stored)) = crate::raft::snapshot::latest(data) else {
+    // The entries to replay were purged behind a snapshot, or a snapshot was installed (it is
+    // durable) but the crash came before the database showed it: restore the database file from
+    // the newest local snapshot (nothing has it open now) and replay after it.
+    let purged_hole = log.purged_sync().map(|p| p.index).filter(|p| start <= *p);
+    let snapshot_newer = newest_snapshot
+        .as_ref()
+        .and_then(|(_, s)| s.meta.last_log_id)
+        .is_some_and(|l| applied.is_none_or(|a| l.index > a.index));
+    if purged_hole.is_some() || snapshot_newer {
+        let p = log.purged_sync().map(|p| p.index).unwrap_or(0);
+        let Some((image, stored)) = newest_snapshot else {
             return Err(format!(
                 "replicated: reconciling {}: the log is purged up to {p} and there is no local snapshot; \
                  wipe this node's data directory and database so that it receives a snapshot",
@@ -254,7 +267,7 @@ pub fn reconcile(
             .set_marker(Marker { applied, last_txn })
             .map_err(|e| err("recording the checkpoint marker", e))?;
         start = last_txn + 1;
-        if start <= p {
+        if purged_hole.is_some() && start <= p {
             return Err(format!(
                 "replicated: reconciling {}: the snapshot ends at transaction {last_txn} but the log is purged up to {p}",
                 db_path.display()

@@ -44,6 +44,8 @@ class Node:
     def __init__(self, cluster, nid):
         self.cluster, self.id, self.proc, self._seq = cluster, nid, None, 0
         self.auth = None  # overrides the cluster's authentication parameters when set
+        self.serve = None  # a unix socket path: the host also serves client processes there
+        self.log_path = None  # where the host's stderr goes (default: node.log beside the database)
 
     @property
     def db(self):
@@ -51,16 +53,20 @@ class Node:
 
     def uri(self):
         c = self.cluster
-        peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in c.ports.items())
+        peers = ",".join(f"{i}@{c.addr(i)}" for i in c.ports)
         extra = "".join(f"&{k}={v}" for k, v in c.params.items())
+        if c.relay_ports:
+            extra += f"&listen=127.0.0.1:{c.ports[self.id]}"
         return f"file:{self.db}?vfs=replicated&node={self.id}&peers={peers}&{self.auth or c.auth(self.id)}{extra}"
 
     def start(self, env=None):
         self.db.parent.mkdir(parents=True, exist_ok=True)
         e = dict(os.environ)
+        e.update(self.cluster.env)
         e.update(env or {})
-        log = open(self.db.parent / "node.log", "ab")
-        self.proc = subprocess.Popen([HOST_PY, str(NODE), str(LIB), self.uri()], stdin=subprocess.PIPE,
+        log = open(self.log_path or self.db.parent / "node.log", "ab")
+        serve = ["--serve", str(self.serve)] if self.serve else []
+        self.proc = subprocess.Popen([HOST_PY, str(NODE), str(LIB), self.uri(), *serve], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log, text=True, env=e,
                                      start_new_session=True)
         line = self.proc.stdout.readline()
@@ -108,15 +114,24 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, directory, n=3, certs=None, **params):
-        """`certs`: a directory made by `replicated-certs` (mutual TLS); default: shared secret."""
+    def __init__(self, directory, n=3, certs=None, relay=False, env=None, **params):
+        """`certs`: a directory made by `replicated-certs` (mutual TLS); default: shared secret.
+        `relay`: peers reach each node through a relay port (`relay_ports`; the nemesis harness
+        runs the relay that delays packets); each node still listens on its own port (`ports`).
+        `env`: environment variables for every node process, at every start."""
         self.certs = certs
+        self.env = dict(env or {})
         self.dir = Path(directory)
         self.ids = list(range(1, n + 1))
         self.ports = dict(zip(self.ids, free_ports(n)))
+        self.relay_ports = dict(zip(self.ids, free_ports(n))) if relay else {}
         self.params = {"timeout_ms": 3000, **params}
         self.nodes = {i: Node(self, i) for i in self.ids}
         self.rules = []
+
+    def addr(self, nid):
+        """The address peers use to reach node `nid` (its relay port when relayed)."""
+        return f"127.0.0.1:{self.relay_ports.get(nid, self.ports[nid])}"
 
     def auth(self, nid):
         if self.certs:
@@ -129,6 +144,8 @@ class Cluster:
         replicated_add_node on the leader."""
         self.ids.append(nid)
         self.ports[nid] = free_ports(1)[0]
+        if self.relay_ports:
+            raise ValueError("add_node on a relayed cluster: restart the relay with the new port")
         self.nodes[nid] = Node(self, nid)
         return self.nodes[nid]
 
@@ -197,40 +214,63 @@ class Cluster:
         return {t: node.sql(f"select * from {t} order by 1") for t in tables}
 
     def checkpoint_and_hash(self):
-        """TRUNCATE-checkpoint every live node; sha256 of each database file."""
+        """TRUNCATE-checkpoint every live node; sha256 of each database file. A checkpoint that
+        stays busy (something holds a read transaction) raises: the file would be incomplete."""
         out = {}
         for n in self.alive():
             for _ in range(100):
-                busy, _log, _ckpt = n.sql("pragma wal_checkpoint(TRUNCATE)")[0]
+                busy, log, ckpt = n.sql("pragma wal_checkpoint(TRUNCATE)")[0]
                 if busy == 0:
                     break
                 time.sleep(0.05)
+            else:
+                raise AssertionError(f"node {n.id}: the TRUNCATE checkpoint stays busy ({log} frames, {ckpt} done)")
             out[n.id] = hashlib.sha256(n.db.read_bytes()).hexdigest()
         return out
 
     # --- network faults (iptables on loopback UDP ports; TESTING.md) ---
-    def _iptables(self, action, src, dst):
-        rule = ["INPUT", "-p", "udp", "-s", "127.0.0.1", "--sport", str(self.ports[src]),
-                "--dport", str(self.ports[dst]), "-j", "DROP"]
-        subprocess.run(["iptables", action, *rule], check=True, capture_output=True)
-        return rule
+    @staticmethod
+    def _iptables(action, rule):
+        subprocess.run(["iptables", action, "INPUT", *rule], check=True, capture_output=True)
+
+    def _link_rules(self, src, dst):
+        """The DROP rules that stop every packet from node `src` reaching node `dst`. Direct:
+        src's listen port -> dst's listen port. Relayed, src's packets reach dst by two paths:
+        src -> dst's relay port (connections src opened), and, for connections dst opened to src's
+        relay port, the relay forwards src's answers from src's relay port -> dst's listen port."""
+        p, r = self.ports, self.relay_ports
+        drop = lambda sport, dport: ["-p", "udp", "-s", "127.0.0.1", "--sport", str(sport),
+                                     "--dport", str(dport), "-j", "DROP"]
+        if not r:
+            return [drop(p[src], p[dst])]
+        return [drop(p[src], r[dst]), drop(r[src], p[dst])]
+
+    def _add(self, rule):
+        self._iptables("-I", rule)
+        self.rules.append(rule)
 
     def cut(self, a, b, both=True):
         """Drops packets a -> b (and b -> a when `both`)."""
         for s, d in ([(a, b), (b, a)] if both else [(a, b)]):
-            self._iptables("-I", s, d)
-            self.rules.append((s, d))
+            for rule in self._link_rules(s, d):
+                self._add(rule)
 
     def isolate(self, a):
         for b in self.ids:
             if b != a:
                 self.cut(a, b)
 
+    def lose(self, probability, nodes=None):
+        """Drops a random share of the UDP packets arriving at each of `nodes` (default: all)."""
+        for n in nodes or self.ids:
+            self._add(["-p", "udp", "--dport", str(self.ports[n]), "-m", "statistic", "--mode", "random",
+                       "--probability", f"{probability:.3f}", "-j", "DROP"])
+
     def heal(self):
         while self.rules:
-            s, d = self.rules.pop()
+            rule = self.rules.pop()
             try:
-                self._iptables("-D", s, d)
+                self._iptables("-D", rule)
             except subprocess.CalledProcessError:
                 pass
 

@@ -491,3 +491,147 @@ def test_random_kills_during_writes_lose_nothing_and_converge(cluster):
     assert len({tuple(sorted(r[0] for r in n.sql("select id from acked"))) for n in c.alive()}) == 1
     assert len(set(c.checkpoint_and_hash().values())) == 1
     assert len(acked) > 40, "too little progress for the test to mean anything"
+
+
+def test_full_disk_stalls_a_node_which_resumes_when_space_returns(tmp_path):
+    """One node's files (its stderr log too) live on a small tmpfs that is then filled: that node
+    stalls (its log appends and applies wait for space; status says why) while the majority keeps
+    committing; when space is freed it resumes by itself, with no restart, and catches up."""
+    c = Cluster(tmp_path / "c", 3, timeout_ms=2000)
+    d = c.dir / "n3"
+    d.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(d)], check=True)
+    try:
+        c.start()
+        c.write("create table t(id integer primary key, pad blob)")
+        for i in range(50):
+            c.write("insert into t values(?, randomblob(2000))", i)
+        with open(d / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+        n3 = c.nodes[3]
+        done = 50
+        deadline = time.time() + 30
+        while done < 350 and time.time() < deadline:
+            try:
+                c.write("insert into t values(?, randomblob(16000))", done, timeout=10)
+                done += 1
+            except (SqlError, AssertionError):
+                pass
+        assert done >= 350, "the majority stopped committing while one node's disk was full"
+        err = n3.status()["error"]
+        assert err and "disk space" in err, err
+        (d / "filler").unlink()
+        c.sync_all(timeout_ms=30000)
+        assert n3.alive() and n3.status()["error"] is None
+        assert {n.one("select count(*) from t") for n in c.alive()} == {done}
+        assert n3.one("pragma integrity_check") == "ok"
+        assert len(set(c.checkpoint_and_hash().values())) == 1
+    finally:
+        c.stop()
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_transfer_leader_under_write_load(tmp_path):
+    """Writes keep arriving on the leader (another connection in its process) while it hands over:
+    the new writes are held back for the hand-over, which succeeds; they then go to the new leader
+    (the old one refuses them with SQLITE_READONLY, naming it), and nothing acknowledged is lost."""
+    import json as _json
+    import socket as _socket
+    import threading
+    c = Cluster(tmp_path / "c", 3)
+    for n in c.nodes.values():
+        n.serve = str(tmp_path / f"s{n.id}")
+    try:
+        c.start()
+        old = c.leader()
+        old.sql("create table t(id integer primary key)")
+        acked, stop = [], threading.Event()
+
+        def writer():
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            s.connect(old.serve)
+            f = s.makefile("rw")
+            i = 0
+            while not stop.is_set():
+                i += 1
+                f.write(_json.dumps({"txn": [["insert into t values(?)", [i]]], "begin": "immediate"}) + "\n")
+                f.flush()
+                if "results" in _json.loads(f.readline()):
+                    acked.append(i)
+            s.close()
+
+        th = threading.Thread(target=writer)
+        th.start()
+        time.sleep(0.5)
+        before = len(acked)
+        target = next(n for n in c.nodes.values() if n.id != old.id)
+        try:
+            assert old.one("select replicated_transfer_leader(?)", target.id) == target.id
+        finally:
+            time.sleep(0.3)
+            stop.set()
+            th.join()
+        assert before > 20, "the writer made no progress before the transfer"
+        assert c.leader().id == target.id
+        c.sync_all()
+        for n in c.alive():
+            ids = {r[0] for r in n.sql("select id from t")}
+            assert set(acked) <= ids, f"node {n.id} lost acknowledged writes"
+    finally:
+        c.stop()
+
+
+@pytest.mark.skipif(not HAVE_IPTABLES, reason="needs root and iptables")
+@pytest.mark.parametrize("point", ["snapshot.install.before", "snapshot.install.after_publish",
+                                   "snapshot.install.after_commit", "snapshot.install.before=pause"])
+def test_crash_while_installing_a_snapshot(cluster, point):
+    """A follower that fell behind the leader's purged log crashes at each step of installing the
+    snapshot it is sent; restarted, it comes back (from its own files, or by being sent the
+    snapshot again), catches up and ends byte-identical. With the install paused instead, both ends
+    show the transfer in replicated_status() first."""
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+    lagger = c.nodes[3]
+    fp = point if "=" in point else f"{point}=crash"
+    for n in c.nodes.values():
+        n.start(env={**SNAP_ENV, **({"REPLICATED_FAILPOINTS": fp} if n is lagger else {})})
+    c.write("create table t(id integer primary key, v text)")
+    c.sync_all()
+    c.isolate(lagger.id)
+    others = [n for n in c.alive() if n.id != lagger.id]
+    rows = 0
+    while rows < 3000:
+        for _ in range(50):
+            c.leader(among=others).sql("insert into t(v) values(?)", f"row {rows}")
+            rows += 1
+        st = c.leader(among=others).status()
+        if st["purged_index"] and st["purged_index"] > 40:
+            break
+    c.heal()
+    if point.endswith("=pause"):
+        def shown(node, phase):
+            ts = node.status()["snapshot_transfers"]
+            return any(t["phase"] == phase and t["bytes"] == t["total"] > 0 for t in ts)
+        leader = c.leader(among=others)
+        wait_until(lambda: shown(leader, "installing"), 30, "the leader showing the snapshot it sent")
+        t = leader.status()["snapshot_transfers"][0]
+        assert t["peer"] == lagger.id and t["id"], t
+        assert shown(lagger, "installing"), lagger.status()["snapshot_transfers"]
+        lagger.kill()
+    deadline = time.time() + 30
+    while lagger.proc is not None and lagger.proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lagger.proc is None or lagger.proc.poll() is not None, "the failpoint did not fire"
+    lagger.proc = None
+    lagger.start(env=SNAP_ENV)
+    c.write("insert into t(v) values('after')")
+    c.sync_all(timeout_ms=30000)
+    assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
+    for n in c.alive():
+        assert n.one("pragma integrity_check") == "ok"
+    assert len(set(c.checkpoint_and_hash().values())) == 1

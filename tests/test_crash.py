@@ -236,3 +236,47 @@ def test_crash_in_a_split_transaction(tmp_path, point, visible):
     # The node goes on: another split transaction commits on top.
     out = run_shell(shell_prelude(uri) + BIG + "select count(*) from big;\npragma integrity_check;\n").stdout.split()
     assert out == (["3000", "ok"] if visible else ["1500", "ok"]), out
+
+
+@pytest.mark.parametrize("point", ["capture.start", "checkpoint.start", "checkpoint.before_marker",
+                                   "checkpoint.after_marker"])
+def test_crash_at_capture_and_checkpoint_steps(tmp_path, point):
+    """A crash as a commit is captured, or at each step of a checkpoint (records synced, WAL
+    generation ended, marker written): after restart every acknowledged row is there, the
+    interrupted commit (capture.start) is not, and the node keeps committing and checkpointing."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    rows = ";".join(f"insert into acked values({i}, randomblob(500))" for i in range(1, 41))
+    run_shell(shell_prelude(uri) + f"create table acked(id integer primary key, pad); {rows};\n")
+    if point == "capture.start":
+        action, acked = "insert into acked values(41, 'x');\n", set(range(1, 41))
+    else:  # acknowledged commits, then the checkpoint that crashes
+        more = ";".join(f"insert into acked values({i}, randomblob(500))" for i in range(41, 46))
+        mark = tmp_path / "mark"  # written and closed before the checkpoint (stdout is buffered)
+        action = f"{more};\n.output {mark}\nselect 'acked-all';\n.output stdout\npragma wal_checkpoint(TRUNCATE);\n"
+        acked = set(range(1, 46))
+    # The first write of a session also starts a WAL generation (header at offset 0): the markers'
+    # failpoints fire on their second pass, the TRUNCATE.
+    nth = "2*" if "marker" in point else ""
+    p = run_shell(shell_prelude(uri) + action, check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": f"{point}={nth}crash"})
+    assert p.returncode != 0, f"the failpoint did not fire: {p.stdout} {p.stderr}"
+    assert point == "capture.start" or "acked-all" in mark.read_text(), "crashed before the checkpoint"
+    assert read_state(uri) == acked
+    run_shell(shell_prelude(uri) + "insert into acked values(52, 'y'); pragma wal_checkpoint(TRUNCATE);\n"
+              "insert into acked values(53, 'z');\n")
+    assert read_state(uri) == acked | {52, 53}
+
+
+def test_crash_before_the_log_fsync(tmp_path):
+    """A crash after the entry is written to the Raft log but before its fsync: the commit was
+    never acknowledged, so either outcome is allowed; but kill -9 keeps the page cache, the entry is
+    then whole in the log, and as the only voter the node must treat it as committed: the row is
+    there after restart, exactly once, and the node goes on."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
+    p = run_shell(shell_prelude(uri) + "insert into acked values(2,'b');\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": "log.before_fsync=crash"})
+    assert p.returncode != 0, "the failpoint did not fire"
+    assert read_state(uri) == {1, 2}
+    run_shell(shell_prelude(uri) + "insert into acked values(3,'c');\n")
+    assert read_state(uri) == {1, 2, 3}

@@ -48,8 +48,17 @@
 //!    "invalid record means torn tail" rule above sound.
 //! 3. After a failed write or fsync the store refuses further writes until it is reopened: after a
 //!    failed fsync the page cache is no longer trustworthy, and a retried fsync may "succeed".
+//!    One exception, a full disk: space is reserved with `fallocate` before anything is written, so
+//!    ENOSPC/EDQUOT arrive from `fallocate`, `create` or `write`, never from an fsync, and such a
+//!    write is undone (the record's bytes cut off, the index not advanced). `append` and
+//!    `save_vote` then wait for space (backoff up to 1 s, `stalled()` says why) and go on where
+//!    they stopped: a node whose disk is full stalls like a paused one and resumes by itself.
 //! 4. Purge never goes past what the caller asks: only entries <= its log id are hidden, and only
-//!    segment files whose every entry is <= it are deleted, after `purged` is durable.
+//!    segment files whose every entry is <= it are deleted, after `purged` is durable. With a
+//!    `purge_guard` set (the node sets one), purge first waits, up to PURGE_WAIT, until a durable
+//!    local snapshot covers the purge point: openraft 0.9 purges as soon as it has *queued* the
+//!    install of a received snapshot, and a crash before that install is durable would otherwise
+//!    leave a node with neither the entries nor the snapshot that replaces them.
 //! 5. Truncate deletes the later segments and fsyncs the directory before it shortens the segment
 //!    holding the truncation point, so a crash midway leaves a prefix of the old log, never a hole.
 //! 6. `vote` and `purged` are replaced atomically (tmp file, fsync, rename, fsync dir). `committed`
@@ -113,7 +122,17 @@ struct Inner {
     state: RwLock<State>,
     /// Set after any failed write or fsync (invariant 3).
     failed: Arc<AtomicBool>,
+    /// Why appends are waiting (a full disk), for replicated_status().
+    stalled: parking_lot::Mutex<Option<String>>,
+    /// The last log index covered by a durable local snapshot (invariant 4).
+    purge_guard: parking_lot::Mutex<Option<PurgeGuard>>,
 }
+
+/// Tells the index up to which a durable local snapshot holds the state, if any.
+pub type PurgeGuard = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// How long a purge waits for the snapshot that covers it to become durable (invariant 4).
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 struct State {
     /// Keyed by the index in the file name (that of the segment's first record).
@@ -168,6 +187,52 @@ impl std::error::Error for Refused {}
 
 fn refuse(why: String) -> io::Error {
     io::Error::new(ErrorKind::InvalidInput, Refused(why))
+}
+
+/// A write that found the disk full and was undone: retryable (invariant 3's exception).
+#[derive(Debug)]
+struct NoSpace(String);
+
+impl Display for NoSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "raft log: disk full: {}", self.0)
+    }
+}
+
+impl std::error::Error for NoSpace {}
+
+/// Marks a full-disk error of a write (never of an fsync) as retryable.
+fn space(e: io::Error) -> io::Error {
+    if e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) {
+        io::Error::new(ErrorKind::StorageFull, NoSpace(e.to_string()))
+    } else {
+        e
+    }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<NoSpace>())
+}
+
+/// Reserves the blocks of `[from, to)` so that later writes and fsyncs there cannot hit ENOSPC
+/// (with delayed allocation, a plain write would only find out at writeback, inside an fsync).
+fn reserve(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (off, len) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)));
+    let (Ok(off), Ok(len)) = (off, len) else {
+        return Err(io::Error::other("raft log: segment offset out of range"));
+    };
+    // SAFETY: plain syscall on a file descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, off, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Filesystems without fallocate: the zeros written next allocate the blocks.
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 fn storage_err(verb: ErrorVerb, e: io::Error) -> StorageError {
@@ -258,7 +323,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// True when `file[from..end]` is all zero bytes.
-fn zeros_to_end(file: &File, from: u64, end: u64) -> io::Result<bool> {
+fn zeros_to_end(file: &impl FileExt, from: u64, end: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; 64 << 10];
     let mut off = from;
     while off < end {
@@ -272,9 +337,9 @@ fn zeros_to_end(file: &File, from: u64, end: u64) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Scans a segment: its valid records, where they end, and the first invalid record, if any.
-fn scan_segment(file: &File, first: u64) -> io::Result<(Vec<Loc>, u64, Option<String>)> {
-    let file_len = file.metadata()?.len();
+/// Scans a segment of `file_len` bytes whose first record holds index `first`: its valid records,
+/// where they end, and the first invalid record, if any.
+fn scan_segment(file: &impl FileExt, file_len: u64, first: u64) -> io::Result<(Vec<Loc>, u64, Option<String>)> {
     let (mut off, mut locs, mut buf) = (0u64, Vec::new(), Vec::new());
     while off < file_len {
         let Some(avail) = (file_len - off).checked_sub(HEADER as u64) else {
@@ -310,6 +375,14 @@ fn scan_segment(file: &File, first: u64) -> io::Result<(Vec<Loc>, u64, Option<St
         off += (HEADER as u64) + u64::from(len);
     }
     Ok((locs, off, None))
+}
+
+/// What recovery makes of one segment: the log ids of its valid records, the offset where they
+/// end, and the first invalid record (None: a clean end). An `Err` is corruption (or an I/O error)
+/// that fails `open`. Reads only through `file`, so tools and the fuzz target can check a buffer.
+pub fn check_segment(file: &impl FileExt, file_len: u64, first: u64) -> io::Result<(Vec<LogId>, u64, Option<String>)> {
+    let (locs, end, defect) = scan_segment(file, file_len, first)?;
+    Ok((locs.iter().map(|l| l.log_id).collect(), end, defect))
 }
 
 fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
@@ -442,7 +515,9 @@ impl LogStore {
         for (i, (first, path)) in names.iter().enumerate() {
             let is_last = i + 1 == names.len();
             let file = OpenOptions::new().read(true).write(true).open(path)?;
-            let (locs, valid_len, defect) = scan_segment(&file, *first)
+            let (locs, valid_len, defect) = file
+                .metadata()
+                .and_then(|m| scan_segment(&file, m.len(), *first))
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             if let Some(why) = defect {
                 if !is_last {
@@ -514,8 +589,67 @@ impl LogStore {
                 segment_limit,
                 state,
                 failed,
+                stalled: parking_lot::Mutex::new(None),
+                purge_guard: parking_lot::Mutex::new(None),
             }),
         })
+    }
+
+    /// Makes purge wait for a durable snapshot covering the purge point (invariant 4).
+    pub fn set_purge_guard(&self, guard: PurgeGuard) {
+        *self.inner.purge_guard.lock() = Some(guard);
+    }
+
+    /// Waits until the purge guard (if any) reports a durable snapshot at or after `index`.
+    async fn wait_for_snapshot_covering(&self, index: u64) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let covered = match &*self.inner.purge_guard.lock() {
+                None => return Ok(()),
+                Some(guard) => guard(),
+            };
+            if covered.is_some_and(|c| c >= index) {
+                return Ok(());
+            }
+            if start.elapsed() > PURGE_WAIT {
+                return Err(io::Error::other(format!(
+                    "raft log: no durable snapshot covers index {index} after {PURGE_WAIT:?} (latest: {covered:?}); \
+                     not purging"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Why writes are waiting (a full disk), if they are.
+    pub fn stalled(&self) -> Option<String> {
+        self.inner.stalled.lock().clone()
+    }
+
+    /// Runs `attempt` until it does not fail for lack of space, waiting in between (invariant 3).
+    async fn until_space<T>(&self, what: &str, mut attempt: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        let mut wait = std::time::Duration::from_millis(10);
+        let mut waited = false;
+        loop {
+            match attempt() {
+                Err(e) if is_no_space(&e) => {
+                    if !waited {
+                        tracing::error!("replicated: {what} is waiting for disk space: {e}");
+                        *self.inner.stalled.lock() = Some(format!("{what} is waiting for disk space: {e}"));
+                        waited = true;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                }
+                r => {
+                    if waited {
+                        tracing::warn!("replicated: {what} goes on: disk space is available again");
+                        *self.inner.stalled.lock() = None;
+                    }
+                    return r;
+                }
+            }
+        }
     }
 
     /// The last log id present, or the purge point if the log is empty.
@@ -549,7 +683,7 @@ impl LogStore {
         }
         let r = step(&mut st, &self.inner);
         if r.as_ref()
-            .is_err_and(|e| e.get_ref().is_none_or(|e| !e.is::<Refused>()))
+            .is_err_and(|e| e.get_ref().is_none_or(|e| !e.is::<Refused>() && !e.is::<NoSpace>()))
         {
             self.inner.failed.store(true, SeqCst);
         }
@@ -557,7 +691,10 @@ impl LogStore {
     }
 
     /// Writes `entries` to the page cache; returns what must be synced.
-    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+    fn write_entries<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
         self.write(|st, inner| {
             let (mut files, mut dir) = (Vec::<Arc<File>>::new(), None);
             for entry in entries {
@@ -570,7 +707,7 @@ impl LogStore {
                 {
                     return Err(refuse(format!("append of index {index}, expected {expected}")));
                 }
-                let rec = encode_record(&entry)?;
+                let rec = encode_record(entry)?;
                 if st
                     .segments
                     .last_key_value()
@@ -581,7 +718,12 @@ impl LogStore {
                         sync_dir(&inner.dir)?;
                     }
                     let path = inner.dir.join(segment_name(index));
-                    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(path)
+                        .map_err(space)?;
                     st.segments.insert(
                         index,
                         Segment {
@@ -599,13 +741,14 @@ impl LogStore {
                 let need = off + rec.len() as u64;
                 if need > active.alloc {
                     let to = need.max(active.alloc + PREALLOC_STEP);
-                    write_zeros(&active.file, active.alloc, to)?;
+                    reserve(&active.file, active.alloc, to).map_err(space)?;
+                    write_zeros(&active.file, active.alloc, to).map_err(space)?;
                     active.alloc = to;
                 }
                 if let Err(e) = active.file.write_all_at(&rec, off) {
                     let _ = active.file.set_len(off); // best effort: drop the partial record
                     active.alloc = off;
-                    return Err(e);
+                    return Err(space(e));
                 }
                 active.len += rec.len() as u64;
                 if !files.iter().any(|f| Arc::ptr_eq(f, &active.file)) {
@@ -706,11 +849,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write(|st, inner| {
-            write_atomic(&inner.dir, VOTE, vote)?;
-            st.vote = Some(*vote);
-            Ok(())
+        // A failed write_atomic leaves the old vote file in place: retrying on ENOSPC is safe.
+        self.until_space("saving the vote", || {
+            self.write(|st, inner| {
+                write_atomic(&inner.dir, VOTE, vote).map_err(space)?;
+                st.vote = Some(*vote);
+                Ok(())
+            })
         })
+        .await
         .map_err(|e| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -746,10 +893,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (files, dir) = match self.write_entries(entries) {
+        let batch: Vec<Entry> = entries.into_iter().collect();
+        let mut retried = false;
+        let r = self
+            .until_space("appending to the Raft log", || {
+                // After a full disk, go on after what the failed attempt did write.
+                let done = self.last_log_id().map(|l| l.index);
+                let rest = batch.iter().filter(|e| done.is_none_or(|d| e.log_id.index > d));
+                let r = self.write_entries(rest);
+                retried |= r.as_ref().is_err_and(is_no_space);
+                r
+            })
+            .await;
+        let (mut files, mut dir) = match r {
             Ok(sync) => sync,
             Err(e) => return Err(Self::fail_append(callback, e)),
         };
+        if retried {
+            // What the failed attempts wrote (maybe a new segment's name) is synced too.
+            let st = self.inner.state.read();
+            if let Some((_, seg)) = st.segments.last_key_value() {
+                if !files.iter().any(|f| Arc::ptr_eq(f, &seg.file)) {
+                    files.push(Arc::clone(&seg.file));
+                }
+            }
+            dir = Some(self.inner.dir.clone());
+        }
         flush(FlushJob { files, dir, callback }, &self.inner.failed);
         Ok(())
     }
@@ -760,6 +929,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.wait_for_snapshot_covering(log_id.index)
+            .await
+            .map_err(|e| storage_err(ErrorVerb::Delete, e))?;
         self.purge_sync(log_id).map_err(|e| storage_err(ErrorVerb::Delete, e))
     }
 }
@@ -837,7 +1009,8 @@ mod tests {
         drop(store_with(d.path(), txns(0..6)).await); // segments [0,1] [2,3] [4,5]
         let last = segs(d.path()).pop().unwrap();
         // The logical end of the last segment; drop the preallocated zeros behind it.
-        let good = scan_segment(&File::open(&last).unwrap(), 4).unwrap().1;
+        let f = File::open(&last).unwrap();
+        let good = scan_segment(&f, f.metadata().unwrap().len(), 4).unwrap().1;
         OpenOptions::new()
             .write(true)
             .open(&last)

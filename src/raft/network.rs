@@ -41,21 +41,69 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest snapshot image a node accepts (bounds the receiving file).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 
+/// Body of a SNAPSHOT_CHUNK request: `data` goes at `offset` of the snapshot `id` of `total` bytes.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Chunk {
-    id: String,
-    offset: u64,
-    total: u64,
+pub struct Chunk {
+    pub id: String,
+    pub offset: u64,
+    pub total: u64,
     #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    pub data: Vec<u8>,
 }
 
+impl Chunk {
+    /// The chunk lies inside its snapshot, and the snapshot is within `MAX_SNAPSHOT_BYTES`.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.total > MAX_SNAPSHOT_BYTES
+            || self
+                .offset
+                .checked_add(self.data.len() as u64)
+                .is_none_or(|e| e > self.total)
+        {
+            return Err(format!(
+                "snapshot chunk out of bounds (offset {}, total {})",
+                self.offset, self.total
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Body of a SNAPSHOT_DONE request: install the received snapshot `id` under `vote`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Done {
-    id: String,
-    total: u64,
-    vote: openraft::Vote<NodeId>,
-    meta: openraft::SnapshotMeta<NodeId, BasicNode>,
+pub struct Done {
+    pub id: String,
+    pub total: u64,
+    pub vote: openraft::Vote<NodeId>,
+    pub meta: openraft::SnapshotMeta<NodeId, BasicNode>,
+}
+
+/// A request body as the service decodes it, before anything touches the node.
+pub enum RpcBody {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    /// The body is ignored.
+    ReadIndex,
+    Applied(u64),
+    SnapshotChunk(Chunk),
+    SnapshotDone(Done),
+    /// The body is ignored.
+    Campaign,
+}
+
+/// Decodes the body of a request of `kind`: pure, so every malformed body is an error (the
+/// service's remote error), never a panic. Unknown kinds are refused here too.
+pub fn decode_rpc_body(kind: u8, body: &[u8]) -> Result<RpcBody, String> {
+    Ok(match kind {
+        APPEND => RpcBody::Append(decode(body)?),
+        VOTE => RpcBody::Vote(decode(body)?),
+        READ_INDEX => RpcBody::ReadIndex,
+        APPLIED => RpcBody::Applied(decode(body)?),
+        SNAPSHOT_CHUNK => RpcBody::SnapshotChunk(decode(body)?),
+        SNAPSHOT_DONE => RpcBody::SnapshotDone(decode(body)?),
+        CAMPAIGN => RpcBody::Campaign,
+        k => return Err(format!("unknown request kind {k}")),
+    })
 }
 
 /// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
@@ -72,24 +120,44 @@ fn to_rpc_error<E: std::error::Error>(e: NetError) -> RPCError<NodeId, BasicNode
     }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
+/// The postcard encoding of a request or answer body.
+pub fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
     postcard::to_allocvec(v).map_err(|e| format!("encode: {e}"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+/// Decodes a request or answer body (bounded by `b`: postcard never allocates past the input).
+pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     postcard::from_bytes(b).map_err(|e| format!("malformed message: {e}"))
 }
 
 /// Creates one client per peer; all share the node's transport.
 pub struct QuicNetwork {
     pub transport: Transport,
+    /// Snapshots being sent, by target, for replicated_status().
+    pub sending: Transfers,
 }
 
 pub struct QuicClient {
     transport: Transport,
     target: NodeId,
     addr: String,
+    sending: Transfers,
 }
+
+/// Progress of one snapshot transfer, shown by replicated_status().
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Transfer {
+    pub id: String,
+    /// The other end: the receiver for a snapshot being sent, the sender for one being received.
+    pub peer: NodeId,
+    pub bytes: u64,
+    pub total: u64,
+    /// "sending", "receiving", "installing" (the receiver writes it through its WAL).
+    pub phase: &'static str,
+}
+
+/// Transfers under way, by peer (at most one per peer: openraft sends one snapshot at a time).
+pub type Transfers = Arc<Mutex<BTreeMap<NodeId, Transfer>>>;
 
 impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
     type Network = QuicClient;
@@ -98,6 +166,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
             transport: self.transport.clone(),
             target,
             addr: node.addr.clone(),
+            sending: self.sending.clone(),
         }
     }
 }
@@ -164,6 +233,49 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
     > {
         use openraft::error::StreamingError;
+        let net = |e: String| StreamingError::Network(NetworkError::new(&std::io::Error::other(e)));
+        let id = snapshot.meta.snapshot_id.clone();
+        let file =
+            std::fs::File::open(&snapshot.snapshot.path).map_err(|e| net(format!("opening the snapshot: {e}")))?;
+        let total = file.metadata().map_err(|e| net(e.to_string()))?.len();
+        tokio::pin!(cancel);
+        let progress = |bytes: u64, phase| {
+            let t = Transfer {
+                id: id.clone(),
+                peer: self.target,
+                bytes,
+                total,
+                phase,
+            };
+            self.sending.lock().insert(self.target, t);
+        };
+        let r = self
+            .send_snapshot_from(&file, &id, total, vote, &snapshot.meta, &mut cancel, progress)
+            .await;
+        self.sending.lock().remove(&self.target);
+        r
+    }
+}
+
+impl QuicClient {
+    /// The body of full_snapshot: the chunks, then SNAPSHOT_DONE (which waits for the install).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_snapshot_from(
+        &self,
+        file: &std::fs::File,
+        id: &str,
+        total: u64,
+        vote: openraft::Vote<NodeId>,
+        meta: &openraft::SnapshotMeta<NodeId, BasicNode>,
+        cancel: &mut std::pin::Pin<
+            &mut (impl Future<Output = openraft::error::ReplicationClosed> + openraft::OptionalSend + 'static),
+        >,
+        progress: impl Fn(u64, &'static str),
+    ) -> Result<
+        openraft::raft::SnapshotResponse<NodeId>,
+        openraft::error::StreamingError<TypeConfig, openraft::error::Fatal<NodeId>>,
+    > {
+        use openraft::error::StreamingError;
         use std::os::unix::fs::FileExt;
         let net = |e: String| StreamingError::Network(NetworkError::new(&std::io::Error::other(e)));
         let unreachable = |e: NetError| match e {
@@ -172,19 +284,15 @@ impl RaftNetwork<TypeConfig> for QuicClient {
             }
             other => StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(other.to_string()))),
         };
-        let id = snapshot.meta.snapshot_id.clone();
-        let file =
-            std::fs::File::open(&snapshot.snapshot.path).map_err(|e| net(format!("opening the snapshot: {e}")))?;
-        let total = file.metadata().map_err(|e| net(e.to_string()))?.len();
-        tokio::pin!(cancel);
         let mut offset = 0u64;
+        progress(0, "sending");
         while offset < total {
             let n = (SNAPSHOT_CHUNK_BYTES as u64).min(total - offset) as usize;
             let mut data = vec![0u8; n];
             file.read_exact_at(&mut data, offset)
                 .map_err(|e| net(format!("reading the snapshot: {e}")))?;
             let body = encode(&Chunk {
-                id: id.clone(),
+                id: id.to_string(),
                 offset,
                 total,
                 data,
@@ -192,18 +300,20 @@ impl RaftNetwork<TypeConfig> for QuicClient {
             .map_err(net)?;
             tokio::select! {
                 biased;
-                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                closed = cancel.as_mut() => return Err(StreamingError::Closed(closed)),
                 r = self.transport.call(self.target, &self.addr, SNAPSHOT_CHUNK, &body, Duration::from_secs(30)) => {
                     r.map_err(unreachable)?;
                 }
             }
             offset += n as u64;
+            progress(offset, "sending");
         }
+        progress(total, "installing");
         let body = encode(&Done {
-            id,
+            id: id.to_string(),
             total,
             vote,
-            meta: snapshot.meta.clone(),
+            meta: meta.clone(),
         })
         .map_err(net)?;
         // Installing writes the whole image through the follower's WAL: allow it time.
@@ -227,6 +337,8 @@ pub struct ServiceState {
     pub data: OnceLock<std::path::PathBuf>,
     /// Highest applied index each follower reported (for `ack=apply`).
     pub applied: Mutex<BTreeMap<NodeId, u64>>,
+    /// Snapshots being received, by sender, for replicated_status().
+    pub receiving: Transfers,
     pub applied_notify: tokio::sync::Notify,
 }
 
@@ -249,6 +361,7 @@ impl RaftService {
             raft: OnceLock::new(),
             data: OnceLock::new(),
             applied: Mutex::new(BTreeMap::new()),
+            receiving: Arc::new(Mutex::new(BTreeMap::new())),
             applied_notify: tokio::sync::Notify::new(),
         }))
     }
@@ -257,19 +370,14 @@ impl RaftService {
         let Some(raft) = self.raft.get().cloned() else {
             return Err("node is starting".into());
         };
-        match kind {
-            APPEND => encode(
-                &raft
-                    .append_entries(decode::<AppendEntriesRequest<TypeConfig>>(&body)?)
-                    .await,
-            ),
-            VOTE => encode(&raft.vote(decode::<VoteRequest<NodeId>>(&body)?).await),
-            READ_INDEX => {
+        match decode_rpc_body(kind, &body)? {
+            RpcBody::Append(req) => encode(&raft.append_entries(req).await),
+            RpcBody::Vote(req) => encode(&raft.vote(req).await),
+            RpcBody::ReadIndex => {
                 let r = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
                 encode(&r.0.map(|l| l.index).unwrap_or(0))
             }
-            APPLIED => {
-                let idx: u64 = decode(&body)?;
+            RpcBody::Applied(idx) => {
                 let mut m = self.applied.lock();
                 let e = m.entry(from).or_insert(0);
                 *e = (*e).max(idx);
@@ -277,17 +385,10 @@ impl RaftService {
                 self.applied_notify.notify_waiters();
                 encode(&())
             }
-            SNAPSHOT_CHUNK => {
+            RpcBody::SnapshotChunk(c) => {
                 use std::os::unix::fs::FileExt;
-                let c: Chunk = decode(&body)?;
                 let data = self.data.get().ok_or("node is starting")?;
-                if c.total > MAX_SNAPSHOT_BYTES || c.offset.checked_add(c.data.len() as u64).is_none_or(|e| e > c.total)
-                {
-                    return Err(format!(
-                        "snapshot chunk out of bounds (offset {}, total {})",
-                        c.offset, c.total
-                    ));
-                }
+                c.check_bounds()?;
                 let path = crate::raft::snapshot::incoming(data, &c.id).map_err(|e| e.to_string())?;
                 let f = std::fs::OpenOptions::new()
                     .create(true)
@@ -297,10 +398,17 @@ impl RaftService {
                     .map_err(|e| format!("receiving a snapshot: {e}"))?;
                 f.write_all_at(&c.data, c.offset)
                     .map_err(|e| format!("receiving a snapshot: {e}"))?;
+                let t = Transfer {
+                    id: c.id,
+                    peer: from,
+                    bytes: c.offset + c.data.len() as u64,
+                    total: c.total,
+                    phase: "receiving",
+                };
+                self.receiving.lock().insert(from, t);
                 encode(&())
             }
-            SNAPSHOT_DONE => {
-                let d: Done = decode(&body)?;
+            RpcBody::SnapshotDone(d) => {
                 let data = self.data.get().ok_or("node is starting")?;
                 let path = crate::raft::snapshot::incoming(data, &d.id).map_err(|e| e.to_string())?;
                 let len = std::fs::metadata(&path)
@@ -309,6 +417,14 @@ impl RaftService {
                 if len != d.total {
                     return Err(format!("snapshot {} incomplete: {len} of {} bytes", d.id, d.total));
                 }
+                let t = Transfer {
+                    id: d.id.clone(),
+                    peer: from,
+                    bytes: len,
+                    total: d.total,
+                    phase: "installing",
+                };
+                self.receiving.lock().insert(from, t);
                 let snap = openraft::Snapshot {
                     meta: d.meta,
                     snapshot: Box::new(crate::raft::snapshot::SnapshotFile { path }),
@@ -317,14 +433,14 @@ impl RaftService {
                     .install_full_snapshot(d.vote, snap)
                     .await
                     .map_err(|e| e.to_string());
+                self.receiving.lock().remove(&from);
                 encode(&r)
             }
-            CAMPAIGN => {
+            RpcBody::Campaign => {
                 // The leader hands over (replicated_transfer_leader): start an election now.
                 raft.trigger().elect().await.map_err(|e| e.to_string())?;
                 encode(&())
             }
-            k => Err(format!("unknown request kind {k}")),
         }
     }
 }
@@ -337,5 +453,48 @@ impl Handler for RaftService {
         body: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> {
         Box::pin(self.clone().serve(from, kind, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_bodies_decode_or_fail_cleanly() {
+        let chunk = Chunk {
+            id: "41-3-40".into(),
+            offset: 8,
+            total: 16,
+            data: vec![1; 8],
+        };
+        let b = encode(&chunk).unwrap_or_default();
+        match decode_rpc_body(SNAPSHOT_CHUNK, &b) {
+            Ok(RpcBody::SnapshotChunk(c)) => assert!(c.check_bounds().is_ok() && c.data == chunk.data),
+            _ => panic!("chunk not decoded"),
+        }
+        let e = decode_rpc_body(SNAPSHOT_CHUNK, &b[..b.len() - 1]).err();
+        assert!(e.is_some_and(|e| e.starts_with("malformed message")));
+        assert_eq!(
+            decode_rpc_body(9, &[]).err(),
+            Some("unknown request kind 9".to_string())
+        );
+        assert!(matches!(decode_rpc_body(READ_INDEX, b"any"), Ok(RpcBody::ReadIndex)));
+        assert!(matches!(decode_rpc_body(CAMPAIGN, b""), Ok(RpcBody::Campaign)));
+        let applied = encode(&7u64).unwrap_or_default();
+        assert!(matches!(decode_rpc_body(APPLIED, &applied), Ok(RpcBody::Applied(7))));
+        assert!(decode_rpc_body(APPEND, &[]).is_err() && decode_rpc_body(VOTE, &[0xff]).is_err());
+        // Out of bounds: past the end (no overflow), beyond the snapshot size limit.
+        let past = Chunk {
+            offset: u64::MAX,
+            ..chunk
+        };
+        assert!(past.check_bounds().is_err());
+        let huge = Chunk {
+            offset: 0,
+            total: MAX_SNAPSHOT_BYTES + 1,
+            ..past
+        };
+        assert!(huge.check_bounds().is_err());
     }
 }

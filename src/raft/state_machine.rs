@@ -75,7 +75,7 @@ impl PendingCommit {
 
 pub struct SmShared {
     pub node_id: NodeId,
-    applier: ApplierHandle,
+    pub applier: ApplierHandle,
     service: crate::raft::network::RaftService,
     /// `ack=apply`: a commit is claimed only once a majority (leader included) has applied it.
     ack_apply: bool,
@@ -340,11 +340,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_txn,
         };
         tracing::info!("replicated: installing snapshot {}", meta.snapshot_id);
+        crate::failpoint::hit("snapshot.install.before").map_err(|e| io(e.to_string()))?;
         self.0
             .applier
             .install_snapshot(data.path.clone(), stored.clone())
             .await
             .map_err(io)?;
+        crate::failpoint::hit("snapshot.install.after_publish").map_err(|e| io(e.to_string()))?;
         {
             let mut st = self.0.state.lock();
             st.applied = meta.last_log_id;
@@ -358,6 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .save_membership(&meta.last_membership)
             .map_err(|e| io(e.to_string()))?;
         snapshot::commit(&self.0.data, &data.path, &stored).map_err(|e| io(e.to_string()))?;
+        crate::failpoint::hit("snapshot.install.after_commit").map_err(|e| io(e.to_string()))?;
         *self.0.poisoned.lock() = None;
         Ok(())
     }

@@ -98,8 +98,18 @@ pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bo
 /// Called at the commit sync, with the WAL write lock held by this connection.
 pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file) -> Result<Captured, CaptureError> {
     let shm = read_shm_header(main)?;
+    capture_from(&shm, |off, buf| read_at(wal, off, buf))
+}
+
+/// The pure part of `capture`: given the published wal-index header and a way to read the WAL
+/// (`read_at(offset, buf) -> bool`, false on a short read), verifies and collects the frames after
+/// `shm.mx_frame` up to the first commit frame. No SQLite call, so it is fuzzed over a buffer.
+pub fn capture_from(
+    shm: &ShmHeader,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
+) -> Result<Captured, CaptureError> {
     let mut hb = [0u8; WAL_HDR];
-    if !read_at(wal, 0, &mut hb) {
+    if !read_at(0, &mut hb) {
         return Err(CaptureError::Io(
             ffi::SQLITE_IOERR_READ,
             "cannot read the WAL header".into(),
@@ -118,7 +128,7 @@ pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file)
     let mut bytes = 0usize;
     let mut n = first;
     loop {
-        if !read_at(wal, hdr.frame_offset(n), &mut frame) {
+        if !read_at(hdr.frame_offset(n), &mut frame) {
             return Err(CaptureError::Io(
                 ffi::SQLITE_IOERR_READ,
                 format!("WAL frame {n} unreadable before the commit frame"),
@@ -198,4 +208,70 @@ pub unsafe fn wal_page_size(wal: *mut ffi::sqlite3_file) -> Option<u32> {
         return None;
     }
     WalHeader::parse(&hb).map(|h| h.page_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::frames::{encode_frame, scan, CommitPoint};
+
+    /// A WAL of 512-byte pages, one frame per `(page number, commit size)`; each page image is
+    /// filled with its frame number. Returns the file and its commit points.
+    fn wal(frames: &[(u32, u32)]) -> (Vec<u8>, Vec<CommitPoint>) {
+        let h = WalHeader::new(512, 0, *b"saltsalt");
+        let (mut file, mut run, mut fr) = (h.encode().to_vec(), h.cksum, Vec::new());
+        for (n, &(pgno, commit)) in frames.iter().enumerate() {
+            run = encode_frame(&h, run, pgno, commit, &[n as u8 + 1; 512], &mut fr);
+            file.extend_from_slice(&fr);
+        }
+        let commits = scan(|off, buf| read(&file, off, buf))
+            .map(|(_, c)| c)
+            .unwrap_or_default();
+        (file, commits)
+    }
+
+    fn read(file: &[u8], off: u64, buf: &mut [u8]) -> bool {
+        let o = off as usize;
+        match file.get(o..o + buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn after(mx_frame: u32, frame_cksum: (u32, u32)) -> ShmHeader {
+        ShmHeader {
+            mx_frame,
+            frame_cksum,
+            salt: *b"saltsalt",
+        }
+    }
+
+    #[test]
+    fn capture_from_reads_the_transaction_after_the_published_frame() {
+        // Transaction 1: frames 1-2 (pages 1, 2). Transaction 2: frames 3-5, page 1 twice, and a
+        // page beyond its new database size of 3.
+        let (file, commits) = wal(&[(1, 0), (2, 2), (3, 0), (1, 0), (4, 0), (1, 3)]);
+        assert_eq!(commits.iter().map(|c| c.frame).collect::<Vec<_>>(), vec![2, 6]);
+        let Ok(first) = capture_from(&after(0, (0, 0)), |o, b| read(&file, o, b)) else {
+            panic!("first transaction not captured");
+        };
+        assert_eq!((first.pgnos, first.db_size, first.pos.commit_frame), (vec![1, 2], 2, 2));
+        let Ok(second) = capture_from(&after(2, commits[0].cksum), |o, b| read(&file, o, b)) else {
+            panic!("second transaction not captured");
+        };
+        assert_eq!((&second.pgnos[..], second.pos.first_frame), (&[1, 3][..], 3));
+        assert_eq!(
+            (second.pages[0], second.pages[512]),
+            (6, 3),
+            "the last image of each page"
+        );
+        assert_eq!(second.pos.commit_cksum, commits[1].cksum);
+        // Nothing committed after frame 6; a wrong running checksum breaks the chain at once.
+        assert!(capture_from(&after(6, commits[1].cksum), |o, b| read(&file, o, b)).is_err());
+        assert!(capture_from(&after(2, (1, 2)), |o, b| read(&file, o, b)).is_err());
+        assert!(capture_from(&after(0, (0, 0)), |o, b| read(&file[..100], o, b)).is_err());
+    }
 }

@@ -416,7 +416,13 @@ unsafe extern "C" fn x_write(
                 }
             }
         }
-        forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, n, off)
+        let rc = forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, n, off);
+        if rc != ffi::SQLITE_OK && (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
+            // A failed frame write (SQLITE_FULL, say) aborts the transaction: SQLite neither syncs
+            // nor publishes it, so it is not a commit that bypassed the hook (the tripwire below).
+            (*(*rf).main).commit_pending = false;
+        }
+        rc
     })
 }
 
@@ -460,7 +466,10 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 
 /// The commit path: capture → replicate → return. See the module comment.
 unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_file) -> c_int {
-    let result = match capture::capture(st.real, wal) {
+    let captured = crate::failpoint::hit("capture.start")
+        .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
+        .and_then(|()| capture::capture(st.real, wal));
+    let result = match captured {
         Ok(cap) => db.commit(cap),
         Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
         Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),

@@ -1,14 +1,95 @@
 """A long-running node host: opens a replicated database and executes SQL sent as JSON lines.
 
-Usage: node.py LIB URI
+Usage: node.py LIB URI [--serve SOCKET]
 Prints {"ready": true} once the database is open. Then, per input line {"id": N, "sql": "...",
-"args": [...], "many": bool}, prints {"id": N, "rows": [[...], ...]} or {"id": N, "error": "...",
+"args": [...], "script": bool}, prints {"id": N, "rows": [[...], ...]} or {"id": N, "error": "...",
 "code": extended_code}. The node (Raft, transport, applier) lives as long as this process; tests
 kill it with SIGKILL to crash it.
+
+With --serve, the host also accepts client processes on a unix socket (the nemesis workloads):
+each client connection gets its own thread and its own SQLite connection to the same database,
+like the connection pool of an application server. A client sends one transaction per line,
+{"txn": [[sql, args], ...], "begin": "immediate"|"deferred", "sync": ms or null}, and gets
+{"results": [rows, ...]} or {"error": ..., "code": ..., "stage": "sync"|"begin"|"stmt"|"commit"}.
+The stage tells the client whether the outcome is known: only an error at "commit" leaves the
+transaction's fate undecided (Raft may still commit it).
 """
 import json
+import os
+import socket
 import sqlite3
 import sys
+import threading
+
+
+def dumps(obj):
+    return json.dumps(obj, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+
+
+def open_db(uri):
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10, check_same_thread=False)
+
+
+def error(e, stage):
+    return {"error": str(e), "code": getattr(e, "sqlite_errorcode", -1), "stage": stage}
+
+
+def run_txn(con, req):
+    stage = "sync"
+    try:
+        if req.get("sync") is not None:
+            con.execute("select replicated_sync(?)", (req["sync"],)).fetchall()
+        stage = "begin"
+        con.execute("begin immediate" if req.get("begin") == "immediate" else "begin")
+        stage = "stmt"
+        results = [[list(r) for r in con.execute(sql, args).fetchall()] for sql, args in req["txn"]]
+        stage = "commit"
+        con.execute("commit")
+        return {"results": results}
+    except sqlite3.Error as e:
+        if con.in_transaction:
+            try:
+                con.execute("rollback")
+            except sqlite3.Error:
+                pass
+        return error(e, stage)
+
+
+def serve_client(uri, conn):
+    con = None
+    try:
+        con = open_db(uri)
+        f = conn.makefile("rw", encoding="utf-8")
+        for line in f:
+            try:
+                req = json.loads(line)
+            except ValueError:
+                continue
+            f.write(dumps(run_txn(con, req)) + "\n")
+            f.flush()
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        if con is not None:
+            con.close()
+        conn.close()
+
+
+def serve(uri, path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(64)
+
+    def loop():
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=serve_client, args=(uri, conn), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def main():
@@ -16,7 +97,9 @@ def main():
     boot = sqlite3.connect(":memory:")
     boot.enable_load_extension(True)
     boot.load_extension(lib)
-    con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10, check_same_thread=False)
+    con = open_db(uri)
+    if "--serve" in sys.argv:
+        serve(uri, sys.argv[sys.argv.index("--serve") + 1])
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         try:
@@ -39,7 +122,7 @@ def main():
                 except sqlite3.Error:
                     pass
             out = {"id": rid, "error": str(e), "code": getattr(e, "sqlite_errorcode", -1)}
-        print(json.dumps(out, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)), flush=True)
+        print(dumps(out), flush=True)
 
 
 if __name__ == "__main__":
