@@ -29,13 +29,14 @@ integration: build
 # The 10-minute nemesis schedule: 6 minutes on 3 nodes, 4 on 5 nodes (random seeds; NEMESIS_SEED=n to replay).
 nemesis: setup build
 	$(PYTHON) tests/nemesis/run.py --nodes 3 --duration 360
-	$(PYTHON) tests/nemesis/run.py --nodes 5 --clients 5 --duration 240
+	$(PYTHON) tests/nemesis/run.py --nodes 5 --clients 5 --snapshot-every 500 --duration 240
 
-# make soak DURATION=3600: one long nemesis run (seconds; NODES=3 or 5).
+# make soak DURATION=3600: one long nemesis run (seconds; NODES=3 or 5), with snapshots and log
+# compaction on so that the logs stay bounded however long it runs.
 DURATION ?= 3600
 NODES ?= 5
 soak: setup build
-	$(PYTHON) tests/nemesis/run.py --nodes $(NODES) --clients $(NODES) --duration $(DURATION)
+	$(PYTHON) tests/nemesis/run.py --nodes $(NODES) --clients $(NODES) --snapshot-every 1000 --duration $(DURATION)
 
 # Slow suites last: the nemesis runs at the end of `integration`, then a bounded fuzz run.
 TEST_FUZZ_SECONDS ?= 30
