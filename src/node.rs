@@ -407,9 +407,15 @@ impl Database {
                 path.display()
             );
         }
+        // The log may be purged behind a durable local snapshot, or behind what reconciliation
+        // left durable in the database files (it syncs the WAL and the applied-state records):
+        // openraft purges up to the applied index at start when the log ends before it, as after a
+        // crash between a snapshot install and its commit.
         let snapshots = cfg.data.clone();
+        let durable_at_start = rec.applied.map(|l| l.index);
         log.set_purge_guard(Box::new(move || {
-            crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index))
+            let snap = crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index));
+            snap.max(durable_at_start)
         }));
         let applier = crate::apply::ApplierHandle::spawn(path.display().to_string())?;
         let service = RaftService::new();

@@ -7,7 +7,8 @@ socket, and the answer goes back to the peer from R: both ends see stable addres
 
 Commands on stdin, one per line: `delay MS JITTER_MS` (0 0 turns it off). Each packet is held for
 MS ± JITTER ms (so packets can also be reordered). At most MAX_QUEUED packets wait; beyond that
-new packets are dropped, as a full router queue would. Prints `ready` once every port is bound.
+new packets are dropped, as a full router queue would; at most MAX_PEERS senders get a socket.
+Prints `ready` once every port is bound.
 """
 import heapq
 import json
@@ -19,6 +20,7 @@ import sys
 import time
 
 MAX_QUEUED = 50_000
+MAX_PEERS = 256  # sockets for distinct senders; packets from more senders are dropped
 
 
 def main():
@@ -74,6 +76,8 @@ def main():
                 _, public, node_port = key.data
                 peer_sock = per_peer.get((public, addr))
                 if peer_sock is None:
+                    if len(per_peer) >= MAX_PEERS:
+                        continue
                     peer_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     peer_sock.bind(("127.0.0.1", 0))
                     peer_sock.setblocking(False)
