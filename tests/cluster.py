@@ -8,6 +8,7 @@ with iptables on the nodes' UDP ports (recipes: ../shared/TESTING.md), and compa
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ LIB = REPO / "target" / "release" / "libreplicated"
 HOST_PY = "/usr/bin/python3"
 NODE = REPO / "tests" / "hosts" / "node.py"
 SECRET = "cluster-test-secret-0123456789"
+START_TIMEOUT = 90  # seconds for a node to open its database (reconcile, Raft start)
 
 
 def free_ports(n):
@@ -69,9 +71,12 @@ class Node:
         self.proc = subprocess.Popen([HOST_PY, str(NODE), str(LIB), self.uri(), *serve], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log, text=True, env=e,
                                      start_new_session=True)
-        line = self.proc.stdout.readline()
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else ""
         if not line or not json.loads(line).get("ready"):
-            raise RuntimeError(f"node {self.id} did not start: {line!r}; see {self.db.parent}/node.log")
+            self.kill()
+            raise RuntimeError(f"node {self.id} did not start within {START_TIMEOUT} s: {line!r}; "
+                               f"see {self.log_path or self.db.parent / 'node.log'}")
         return self
 
     def alive(self):

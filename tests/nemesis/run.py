@@ -149,8 +149,8 @@ class Nemesis:
             for p in node.db.parent.iterdir():
                 if p.name != "node.log":
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        last = None
-        for _ in range(20):
+        last, deadline = None, time.time() + 120
+        while time.time() < deadline:
             try:
                 node.start()
                 self.down.discard(node.id)
