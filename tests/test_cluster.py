@@ -407,8 +407,7 @@ def test_lagging_follower_receives_a_snapshot(cluster):
     for n in c.alive():
         assert n.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1
-    # It keeps replicating normally afterwards. (Restarting a node after it installed a snapshot
-    # is not reliable yet: see README "Limits".)
+    # It keeps replicating normally afterwards (restarts around an install: the test below).
     c.write("insert into t(v) values('after')")
     c.sync_all()
     assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
