@@ -150,7 +150,7 @@ const DISK_FULL: &str = "disk full: ";
 
 /// DISK_FULL for an I/O error that means the disk is full, else nothing.
 fn full_prefix(e: &std::io::Error) -> &'static str {
-    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) {
+    if crate::raft::log_store::disk_full(e) {
         DISK_FULL
     } else {
         ""

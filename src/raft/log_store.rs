@@ -201,9 +201,14 @@ impl Display for NoSpace {
 
 impl std::error::Error for NoSpace {}
 
+/// The error means the disk (or the quota) is full.
+pub fn disk_full(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
 /// Marks a full-disk error of a write (never of an fsync) as retryable.
 fn space(e: io::Error) -> io::Error {
-    if e.kind() == ErrorKind::StorageFull || e.raw_os_error() == Some(libc::EDQUOT) {
+    if disk_full(&e) {
         io::Error::new(ErrorKind::StorageFull, NoSpace(e.to_string()))
     } else {
         e

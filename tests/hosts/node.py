@@ -34,6 +34,15 @@ def error(e, stage):
     return {"error": str(e), "code": getattr(e, "sqlite_errorcode", -1), "stage": stage}
 
 
+def rollback_quietly(con):
+    """Ends a transaction a failed statement left open (SQLite may already have rolled it back)."""
+    if con.in_transaction:
+        try:
+            con.execute("rollback")
+        except sqlite3.Error:
+            pass
+
+
 def run_txn(con, req):
     stage = "sync"
     try:
@@ -47,11 +56,7 @@ def run_txn(con, req):
         con.execute("commit")
         return {"results": results}
     except sqlite3.Error as e:
-        if con.in_transaction:
-            try:
-                con.execute("rollback")
-            except sqlite3.Error:
-                pass
+        rollback_quietly(con)
         return error(e, stage)
 
 
@@ -116,11 +121,7 @@ def main():
                 rows = [list(r) for r in cur.fetchall()]
             out = {"id": rid, "rows": rows}
         except sqlite3.Error as e:
-            if con.in_transaction:
-                try:
-                    con.execute("rollback")
-                except sqlite3.Error:
-                    pass
+            rollback_quietly(con)
             out = {"id": rid, "error": str(e), "code": getattr(e, "sqlite_errorcode", -1)}
         print(dumps(out), flush=True)
 
