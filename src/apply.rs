@@ -44,8 +44,9 @@
 use crate::ffi::cstr;
 use crate::node::Database;
 use crate::raft::applied::Record;
+use crate::raft::log_store::LogStore;
 use crate::raft::snapshot::{self, StoredMeta};
-use crate::raft::types::{LogId, Txn};
+use crate::raft::types::{Assembled, LogId};
 use crate::wal::frames::{self, checksum, WalHeader, WAL_HDR};
 use libsqlite3_sys as ffi;
 use parking_lot::Mutex;
@@ -73,7 +74,7 @@ pub type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
 enum Job {
     Attach(Weak<Database>),
     Apply {
-        txn: Txn,
+        txn: Assembled,
         log_id: LogId,
         reply: Reply,
     },
@@ -87,9 +88,13 @@ enum Job {
     },
 }
 
-/// The pages one apply writes: a transaction from the log, or a whole snapshot image.
+/// The pages one apply writes: a transaction from the log, or a whole snapshot image. Both are
+/// streamed (a few log entries, or one page, at a time): applying never holds a whole transaction.
 enum Source<'a> {
-    Txn(&'a Txn),
+    Txn {
+        txn: &'a Assembled,
+        log: &'a LogStore,
+    },
     Image {
         file: std::fs::File,
         n_page: u32,
@@ -100,38 +105,33 @@ enum Source<'a> {
 impl Source<'_> {
     fn page_size(&self) -> u32 {
         match self {
-            Source::Txn(t) => t.page_size,
+            Source::Txn { txn, .. } => txn.page_size(),
             Source::Image { page_size, .. } => *page_size,
         }
     }
     fn db_size(&self) -> u32 {
         match self {
-            Source::Txn(t) => t.db_size,
+            Source::Txn { txn, .. } => txn.db_size(),
             Source::Image { n_page, .. } => *n_page,
         }
     }
-    fn len(&self) -> usize {
+    /// Calls `page(pgno, image, is_last)` for every page, in order.
+    fn for_each_page(&self, mut page: impl FnMut(u32, &[u8], bool) -> Result<(), String>) -> Result<(), String> {
         match self {
-            Source::Txn(t) => t.pgnos.len(),
-            Source::Image { n_page, .. } => *n_page as usize,
-        }
-    }
-    fn pgno(&self, i: usize) -> u32 {
-        match self {
-            Source::Txn(t) => t.pgnos[i],
-            Source::Image { .. } => i as u32 + 1,
-        }
-    }
-    fn read(&self, i: usize, buf: &mut [u8]) -> Result<(), String> {
-        match self {
-            Source::Txn(t) => {
-                buf.copy_from_slice(t.page(i));
-                Ok(())
-            }
-            Source::Image { file, page_size, .. } => {
+            Source::Txn { txn, log } => txn.for_each_page(|lo, hi| log.entries_sync(lo, hi), page),
+            Source::Image {
+                file,
+                n_page,
+                page_size,
+            } => {
                 use std::os::unix::fs::FileExt;
-                file.read_exact_at(buf, i as u64 * *page_size as u64)
-                    .map_err(|e| format!("reading the snapshot image: {e}"))
+                let mut buf = vec![0u8; *page_size as usize];
+                for i in 0..*n_page {
+                    file.read_exact_at(&mut buf, i as u64 * *page_size as u64)
+                        .map_err(|e| format!("reading the snapshot image: {e}"))?;
+                    page(i + 1, &buf, i + 1 == *n_page)?;
+                }
+                Ok(())
             }
         }
     }
@@ -190,8 +190,8 @@ impl ApplierHandle {
         rx.await.map_err(|_| "the apply thread is gone".to_string())?
     }
 
-    /// Applies `txn` (committed at `log_id`); resolves when it is published.
-    pub async fn apply(&self, txn: Txn, log_id: LogId) -> Result<(), String> {
+    /// Applies `txn` (complete at `log_id`); resolves when it is published.
+    pub async fn apply(&self, txn: Assembled, log_id: LogId) -> Result<(), String> {
         self.request(|reply| Job::Apply { txn, log_id, reply }).await
     }
 
@@ -234,7 +234,11 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>, stalled: Arc<Mutex<Op
                     let c = conn.as_mut().ok_or("no connection")?;
                     until_space(&stalled, &format!("applying entry {}", log_id.index), || {
                         crate::ffi::guard(Err("panic in the applier".into()), || {
-                            c.apply(&d, &Source::Txn(&txn), log_id, log_id.index)
+                            let src = Source::Txn {
+                                txn: &txn,
+                                log: d.log(),
+                            };
+                            c.apply(&d, &src, log_id, log_id.index)
                         })
                     })
                 });
@@ -648,25 +652,40 @@ impl Conn {
                 None => return Err(Some("applier: the WAL header is invalid".into())),
             }
         };
-        // 5. Frames.
+        // 5. Frames (the page numbers are kept for step 6: 4 bytes a page).
         let mut running = (h[6], h[7]);
         let mut buf = Vec::with_capacity(ps as usize + frames::FRAME_HDR);
-        let mut page = vec![0u8; ps as usize];
-        let n = src.len();
-        for i in 0..n {
-            let commit = if i + 1 == n { src.db_size() } else { 0 };
-            src.read(i, &mut page).map_err(Some)?;
-            running = frames::encode_frame(&wal_hdr, running, src.pgno(i), commit, &page, &mut buf);
-            let off = wal_hdr.frame_offset(mx as u64 + 1 + i as u64);
-            self.wal_io(true, buf.as_mut_ptr(), buf.len(), off).map_err(Some)?;
+        let mut pgnos: Vec<u32> = Vec::new();
+        let db_size = src.db_size();
+        src.for_each_page(|pgno, page, last| {
+            if page.len() != ps as usize {
+                return Err(format!(
+                    "applier: a page of {} bytes in a {ps}-byte-page WAL",
+                    page.len()
+                ));
+            }
+            let commit = if last { db_size } else { 0 };
+            running = frames::encode_frame(&wal_hdr, running, pgno, commit, page, &mut buf);
+            let off = wal_hdr.frame_offset(mx as u64 + 1 + pgnos.len() as u64);
+            self.wal_io(true, buf.as_mut_ptr(), buf.len(), off)?;
+            pgnos.push(pgno);
+            Ok(())
+        })
+        .map_err(Some)?;
+        let n = u32::try_from(pgnos.len())
+            .ok()
+            .filter(|n| mx.checked_add(*n).is_some())
+            .ok_or_else(|| Some("applier: the WAL would exceed 2^32 frames".to_string()))?;
+        if n == 0 {
+            return Err(Some("applier: a transaction without pages".into()));
         }
         crate::failpoint::hit("apply.after_frames").map_err(|e| Some(e.to_string()))?;
         // 6. Hash entries.
-        for i in 0..n {
-            self.index_append(mx, mx + 1 + i as u32, src.pgno(i)).map_err(Some)?;
+        for (i, pgno) in pgnos.iter().enumerate() {
+            self.index_append(mx, mx + 1 + i as u32, *pgno).map_err(Some)?;
         }
         // 7. Record, then publish.
-        let new_mx = mx + n as u32;
+        let new_mx = mx + n;
         let rec = Record {
             index: log_id.index,
             term: log_id.leader_id.term,

@@ -54,17 +54,54 @@ impl WriteError {
             msg: format!("replicated: {}", msg.into()),
         }
     }
-    pub fn too_large(n: usize) -> WriteError {
+    pub fn too_large(frames: u64) -> WriteError {
         WriteError::new(
             IOERR_TOO_LARGE,
             format!(
-                "transaction too large: {n} bytes of pages exceeds the {} MiB limit of one replicated transaction",
-                crate::vfs::capture::MAX_TXN_BYTES >> 20
+                "transaction too large: more than {} WAL frames ({frames} so far), the limit of one replicated transaction",
+                crate::vfs::capture::MAX_TXN_FRAMES
             ),
         )
     }
     pub fn io(code: i32, msg: String) -> WriteError {
         WriteError::new(code, format!("commit capture failed: {msg}"))
+    }
+}
+
+/// Parts of one transaction queued for proposal or proposed and not yet answered (`commit`): at
+/// most this many times `PART_BYTES` of pages are in flight for one commit on the leader.
+const PROPOSE_WINDOW: usize = 8;
+
+/// What an answer to one proposed part says about the commit: None = go on.
+fn part_failure(
+    r: Result<
+        Result<openraft::raft::ClientWriteResponse<TypeConfig>, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+        impl Sized,
+    >,
+) -> Option<(i32, String)> {
+    match r {
+        Ok(Ok(resp)) => match resp.data {
+            Response::Applied { .. } | Response::Staged { .. } => None,
+            Response::Stale {
+                index,
+                base_index,
+                last_txn_index,
+            } => Some((
+                IOERR_REPLICATION,
+                format!(
+                    "transaction at log index {index} was built on index {base_index} but the state \
+                     had moved to {last_txn_index}; it was discarded on every node: retry"
+                ),
+            )),
+            other => Some((IOERR_REPLICATION, format!("unexpected apply result {other:?}"))),
+        },
+        Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+            let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+            let msg = format!("leadership lost before the commit; the leader is now node {who}");
+            Some((ffi::SQLITE_READONLY, msg))
+        }
+        Ok(Err(e)) => Some((IOERR_LEADERSHIP_LOST, format!("commit failed: {e}"))),
+        Err(_) => Some((IOERR_LEADERSHIP_LOST, "the Raft node stopped".to_string())),
     }
 }
 
@@ -628,74 +665,91 @@ impl Database {
     }
 
     /// Replicates a captured transaction and blocks until it is committed and claimed (see the
-    /// module comment). On Ok the WAL frames are this node's to publish.
-    pub fn commit(&self, cap: Captured) -> Result<(crate::raft::types::LogId, u64), WriteError> {
+    /// module comment). On Ok the WAL frames are this node's to publish. `read_at` reads the WAL
+    /// (for the parts of a large transaction, which are read one at a time as they are proposed).
+    ///
+    /// A transaction of several parts is proposed as a pipeline: this thread reads part k + 1 while
+    /// the runtime proposes part k, with at most `PROPOSE_WINDOW` parts queued or unanswered (the
+    /// bound on the leader's memory for one commit). The commit waits up to `timeout_ms` for
+    /// progress: every acknowledged part extends the deadline.
+    pub fn commit(
+        &self,
+        mut cap: Captured,
+        mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<(crate::raft::types::LogId, u64), WriteError> {
         let fail = |e: std::io::Error| WriteError::new(IOERR_REPLICATION, e.to_string());
         failpoint::hit("commit.before_propose").map_err(fail)?;
         let txn_id = self.next_txn_id.fetch_add(1, Ordering::Relaxed);
-        let txn = Txn {
+        let header = Txn {
             origin: self.cfg.node,
             txn_id,
             base_index: self.sm.last_txn.load(Ordering::Acquire),
             page_size: cap.page_size,
             db_size: cap.db_size,
-            pgnos: cap.pgnos,
-            pages: cap.pages,
+            pgnos: Vec::new(),
+            pages: Vec::new(),
             part: 0,
             last: true,
         };
-        let parts = txn.into_parts();
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
-        let pending = PendingCommit::new(txn_id, deadline);
+        let n_parts = cap.part_count();
+        let mut part = |k: usize, cap: &mut Captured| -> Result<Txn, WriteError> {
+            let (pgnos, pages) = cap.take_part(k, &mut read_at).map_err(|e| match e {
+                crate::vfs::capture::CaptureError::Io(code, msg) => WriteError::io(code, msg),
+                crate::vfs::capture::CaptureError::TooLarge(n) => WriteError::too_large(n),
+            })?;
+            Ok(Txn {
+                pgnos,
+                pages,
+                part: k as u32,
+                last: k + 1 == n_parts,
+                ..header.clone_header()
+            })
+        };
+        let first = part(0, &mut cap)?;
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let pending = PendingCommit::new(txn_id, Instant::now() + timeout);
         *self.sm.pending.lock() = Some(pending.clone());
         let (raft, answer) = (self.raft.clone(), pending.clone());
-        // The state machine's claim wakes us; this task only turns Raft's errors into a decision.
+        let (more, mut queued) = tokio::sync::mpsc::channel::<Txn>(PROPOSE_WINDOW);
+        // The state machine's claim wakes us; this task proposes the parts in order (openraft keeps
+        // their order) and turns Raft's errors into a decision: an error on any part decides the
+        // commit. A committed prefix without its last part is discarded on every node by the next
+        // transaction's first part. The task ends when the commit is decided or stops progressing;
+        // then `more` refuses further parts.
         let spawned = runtime().map(|rt| {
             rt.spawn(async move {
-                // Submit every part (openraft keeps their order), then collect the answers: an
-                // error on any part decides the commit. A committed prefix without its last part
-                // is discarded on every node by the next transaction's first part.
-                let mut answers = Vec::new();
-                for part in parts {
-                    match raft.client_write_ff(Request::Txn(part)).await {
-                        Ok(rx) => answers.push(rx),
-                        Err(e) => {
-                            answer.decide(PendingState::Failed(
-                                IOERR_LEADERSHIP_LOST,
-                                format!("commit failed: {e}"),
-                            ));
-                            return;
-                        }
-                    }
-                }
-                for rx in answers {
-                    let failed = match rx.await {
-                        Ok(Ok(resp)) => match resp.data {
-                            Response::Applied { .. } | Response::Staged { .. } => None,
-                            Response::Stale {
-                                index,
-                                base_index,
-                                last_txn_index,
-                            } => Some((
-                                IOERR_REPLICATION,
-                                format!(
-                                    "transaction at log index {index} was built on index {base_index} but the state \
-                                     had moved to {last_txn_index}; it was discarded on every node: retry"
-                                ),
-                            )),
-                            other => Some((IOERR_REPLICATION, format!("unexpected apply result {other:?}"))),
-                        },
-                        Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                            let who = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
-                            let msg = format!("leadership lost before the commit; the leader is now node {who}");
-                            Some((ffi::SQLITE_READONLY, msg))
-                        }
-                        Ok(Err(e)) => Some((IOERR_LEADERSHIP_LOST, format!("commit failed: {e}"))),
-                        Err(_) => Some((IOERR_LEADERSHIP_LOST, "the Raft node stopped".to_string())),
+                let mut next = Some(first);
+                let mut answers = std::collections::VecDeque::new();
+                loop {
+                    let part = match next.take() {
+                        Some(p) => Some(p),
+                        None if answers.len() < PROPOSE_WINDOW => queued.recv().await,
+                        None => None,
                     };
-                    if let Some((code, msg)) = failed {
-                        answer.decide(PendingState::Failed(code, msg));
-                        return;
+                    match part {
+                        Some(p) => match raft.client_write_ff(Request::Txn(p)).await {
+                            Ok(rx) => answers.push_back(rx),
+                            Err(e) => {
+                                answer.decide(PendingState::Failed(
+                                    IOERR_LEADERSHIP_LOST,
+                                    format!("commit failed: {e}"),
+                                ));
+                                return;
+                            }
+                        },
+                        None => {
+                            // The window is full, or every part is proposed: wait for the oldest.
+                            let Some(rx) = answers.pop_front() else { return };
+                            let deadline = tokio::time::Instant::from_std(answer.deadline());
+                            let Ok(r) = tokio::time::timeout_at(deadline, rx).await else {
+                                return; // no progress within timeout_ms: the committer gives up
+                            };
+                            if let Some((code, msg)) = part_failure(r) {
+                                answer.decide(PendingState::Failed(code, msg));
+                                return;
+                            }
+                            answer.progressed(timeout);
+                        }
                     }
                 }
             })
@@ -704,10 +758,30 @@ impl Database {
             *self.sm.pending.lock() = None;
             return Err(WriteError::new(IOERR_REPLICATION, e));
         }
+        for k in 1..n_parts {
+            let p = match part(k, &mut cap) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Parts already proposed are never completed: harmless everywhere.
+                    pending.decide(PendingState::Failed(
+                        e.code,
+                        e.msg.trim_start_matches("replicated: ").into(),
+                    ));
+                    break;
+                }
+            };
+            // Blocks while PROPOSE_WINDOW parts are queued (this thread is not a runtime thread);
+            // fails once the task has ended.
+            if more.blocking_send(p).is_err() {
+                break;
+            }
+        }
+        drop(more);
         let decided = {
             let mut s = pending.state.lock();
             while *s == PendingState::Waiting {
-                if pending.decided.wait_until(&mut s, deadline).timed_out() {
+                let deadline = pending.deadline();
+                if pending.decided.wait_until(&mut s, deadline).timed_out() && pending.deadline() <= deadline {
                     break;
                 }
             }
@@ -1031,6 +1105,11 @@ impl Database {
 
     pub fn published(&self) -> (Option<crate::raft::types::LogId>, u64) {
         *self.sm.published.lock()
+    }
+
+    /// The Raft log (the applier reads the earlier parts of a split transaction from it).
+    pub fn log(&self) -> &LogStore {
+        &self.log
     }
 
     pub fn membership_at(&self, index: u64) -> openraft::StoredMembership<NodeId, BasicNode> {

@@ -21,7 +21,7 @@
 use crate::failpoint;
 use crate::raft::applied::{AppliedStore, Loaded, Marker, Record};
 use crate::raft::log_store::LogStore;
-use crate::raft::types::{LogId, NodeId, Request, Txn};
+use crate::raft::types::{Assembled, LogId, NodeId, Request};
 use crate::wal::frames::{self, WalHeader, WAL_HDR};
 use openraft::{BasicNode, EntryPayload, StoredMembership};
 use std::fs::{File, OpenOptions};
@@ -97,11 +97,13 @@ impl WalAppender {
         })
     }
 
-    pub fn append(&mut self, txn: &Txn) -> io::Result<(u64, [u8; 8], (u32, u32))> {
+    /// Appends a complete transaction, streaming its earlier parts from `log`; returns its commit
+    /// frame, the WAL's salts and the checksum after it.
+    pub fn append(&mut self, txn: &Assembled, log: &LogStore) -> io::Result<(u64, [u8; 8], (u32, u32))> {
         let hdr = match self.hdr {
             Some(h) => h,
             None => {
-                let h = WalHeader::new(txn.page_size, 0, random_salt());
+                let h = WalHeader::new(txn.page_size(), 0, random_salt());
                 self.file.write_all_at(&h.encode(), 0)?;
                 self.file.sync_data()?;
                 self.running = h.cksum;
@@ -109,18 +111,31 @@ impl WalAppender {
                 h
             }
         };
-        if hdr.page_size != txn.page_size {
+        if hdr.page_size != txn.page_size() {
             return Err(io::Error::other(format!(
                 "page size {} of a log entry differs from the WAL's {}",
-                txn.page_size, hdr.page_size
+                txn.page_size(),
+                hdr.page_size
             )));
         }
-        let n = txn.pgnos.len();
-        for (i, &pg) in txn.pgnos.iter().enumerate() {
-            let commit = if i + 1 == n { txn.db_size } else { 0 };
-            self.running = frames::encode_frame(&hdr, self.running, pg, commit, txn.page(i), &mut self.buf);
-            self.file.write_all_at(&self.buf, hdr.frame_offset(self.next_frame))?;
-            self.next_frame += 1;
+        let db_size = txn.db_size();
+        let (start, start_running) = (self.next_frame, self.running);
+        let written = txn.for_each_page(
+            |lo, hi| log.entries_sync(lo, hi),
+            |pg, image, last| {
+                let commit = if last { db_size } else { 0 };
+                self.running = frames::encode_frame(&hdr, self.running, pg, commit, image, &mut self.buf);
+                self.file
+                    .write_all_at(&self.buf, hdr.frame_offset(self.next_frame))
+                    .map_err(|e| e.to_string())?;
+                self.next_frame += 1;
+                Ok(())
+            },
+        );
+        if let Err(e) = written {
+            // Nothing after the last commit frame counts; go on from there next time.
+            (self.next_frame, self.running) = (start, start_running);
+            return Err(io::Error::other(e));
         }
         Ok((self.next_frame - 1, hdr.salt, self.running))
     }
@@ -328,14 +343,15 @@ pub fn reconcile(
                             .map_err(|e| err("saving membership", e))?;
                     }
                     EntryPayload::Normal(Request::Txn(part)) => {
-                        if let crate::raft::types::Fed::Complete(t) = assembler.feed(last_txn, part.clone()) {
+                        let fed = assembler.feed(last_txn, e.log_id.index, part.clone());
+                        if let crate::raft::types::Fed::Complete(t) = fed {
                             if appender.is_none() {
                                 appender =
                                     Some(WalAppender::open(&wal_path, None).map_err(|e| err("creating the WAL", e))?);
                             }
                             if let Some(app) = appender.as_mut() {
                                 let (frame, salt, cksum) =
-                                    app.append(&t).map_err(|e| err("appending to the WAL", e))?;
+                                    app.append(&t, log).map_err(|e| err("appending to the WAL", e))?;
                                 store
                                     .append(&Record {
                                         index: e.log_id.index,
@@ -343,7 +359,7 @@ pub fn reconcile(
                                         salt,
                                         commit_frame: frame,
                                         cksum,
-                                        db_size: t.db_size,
+                                        db_size: t.db_size(),
                                         last_txn: e.log_id.index,
                                     })
                                     .map_err(|e| err("recording", e))?;

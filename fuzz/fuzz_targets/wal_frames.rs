@@ -16,7 +16,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use replicated::raft::types::Txn;
-use replicated::vfs::capture::{capture_from, CaptureError, ShmHeader};
+use replicated::vfs::capture::{capture_from, capture_with, CaptureError, ShmHeader};
 use replicated::wal::frames::{be32, checksum, put_be32, scan, FrameHeader, WalHeader, FRAME_HDR, WAL_HDR};
 use replicated_fuzz::read_exact;
 
@@ -46,6 +46,22 @@ fn repair(data: &[u8]) -> Vec<u8> {
         put_be32(frame, 20, running.1);
     }
     b
+}
+
+/// Every part of a capture, concatenated (page numbers, images).
+fn all_parts(
+    cap: &mut replicated::vfs::capture::Captured,
+    read: impl Fn(u64, &mut [u8]) -> bool,
+) -> (Vec<u32>, Vec<u8>) {
+    let (mut pgnos, mut pages) = (Vec::new(), Vec::new());
+    for k in 0..cap.part_count() {
+        let (p, i) = cap
+            .take_part(k, &read)
+            .unwrap_or_else(|e| panic!("part {k} of a capture unreadable: {e:?}"));
+        pgnos.extend(p);
+        pages.extend(i);
+    }
+    (pgnos, pages)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -85,9 +101,9 @@ fn check(data: &[u8]) {
             frame_cksum: prev.1,
             salt: h.salt,
         };
-        let cap = match capture_from(&shm, read) {
+        let mut cap = match capture_from(&shm, read) {
             Ok(cap) => cap,
-            Err(CaptureError::TooLarge(_)) => unreachable!("inputs are far below MAX_TXN_BYTES"),
+            Err(CaptureError::TooLarge(_)) => unreachable!("inputs are far below MAX_TXN_FRAMES"),
             Err(e) => panic!("scan accepted commit frame {} but capture refused it: {e:?}", c.frame),
         };
         assert_eq!(
@@ -100,15 +116,21 @@ fn check(data: &[u8]) {
             (prev.0 + 1, c.frame, c.cksum, c.db_size)
         );
         assert_eq!((cap.page_size, cap.pos.salt), (h.page_size, h.salt));
-        assert_eq!(cap.pages.len(), cap.pgnos.len() * h.page_size as usize);
+        let (pgnos, pages) = all_parts(&mut cap, read);
+        assert_eq!(pages.len(), pgnos.len() * h.page_size as usize);
+        // Read again part by part from the WAL (as a large transaction is): the same pages.
+        let Ok(mut streamed) = capture_with(&shm, 0, 1 << 20, read) else {
+            panic!("capture refused a commit when streaming");
+        };
+        assert_eq!(all_parts(&mut streamed, read), (pgnos.clone(), pages.clone()));
         let txn = Txn {
             origin: 1,
             txn_id: c.frame,
             base_index: prev.0,
             page_size: cap.page_size,
             db_size: cap.db_size,
-            pgnos: cap.pgnos,
-            pages: cap.pages,
+            pgnos,
+            pages,
             part: 0,
             last: true,
         };

@@ -83,14 +83,17 @@ impl std::os::unix::fs::FileExt for SliceFile<'_> {
 }
 
 /// Feeds entries to an `Assembler` as the state machine's apply loop does (state_machine.rs),
-/// starting from the state the first transaction part was built on, and checks what comes out:
-/// a transaction yielded whole must satisfy every shape promise `Txn::validate` makes, so that
-/// applying it (`Txn::page`) cannot go out of bounds. A valid whole transaction is also split as
-/// the leader splits a large one (`Txn::into_parts`) and must reassemble to itself.
+/// starting from the state the first transaction part was built on, and checks what comes out: a
+/// transaction completed by the Assembler is read back from the entries (`for_each_page`, as the
+/// applier reads its earlier parts from the log) and must satisfy every shape promise
+/// `Txn::validate` makes: page numbers ascending within the database size, full pages. A valid
+/// whole transaction is also split as the leader splits a large one (`Txn::into_parts`) and must
+/// reassemble to itself.
 pub fn apply_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) {
+    let entries: Vec<&Entry> = entries.into_iter().collect();
     let mut asm = Assembler::default();
     let mut last_txn = None;
-    for e in entries {
+    for e in &entries {
         let EntryPayload::Normal(Request::Txn(t)) = &e.payload else {
             continue;
         };
@@ -98,31 +101,72 @@ pub fn apply_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) {
             split_and_reassemble(t);
         }
         let last = *last_txn.get_or_insert(t.base_index);
-        if let Fed::Complete(whole) = asm.feed(last, t.clone()) {
-            if let Err(why) = whole.validate() {
-                panic!("assembled transaction fails validation: {why}");
+        if let Fed::Complete(whole) = asm.feed(last, e.log_id.index, t.clone()) {
+            if let Err(why) = whole.last.validate() {
+                panic!("completed transaction fails validation: {why}");
             }
-            assert!(
-                whole.last && whole.part == 0,
-                "assembled transaction is not marked whole"
-            );
-            let bytes: usize = (0..whole.pgnos.len()).map(|i| whole.page(i).len()).sum();
-            assert_eq!(bytes, whole.pages.len());
+            assert!(whole.last.last, "completed at a part that is not the last");
+            let read = |lo: u64, hi: u64| {
+                Ok(entries
+                    .iter()
+                    .filter(|e| (lo..=hi).contains(&e.log_id.index))
+                    .map(|e| (*e).clone())
+                    .collect())
+            };
+            let mut prev = 0u32;
+            let read_back = whole.for_each_page(read, |pg, image, _| {
+                assert!(pg > prev && pg <= whole.db_size(), "page {pg} out of order or beyond the size");
+                assert_eq!(image.len(), whole.page_size() as usize);
+                prev = pg;
+                Ok(())
+            });
+            // Entries may repeat an index (decoded input): reading back may refuse, never panic.
+            let _ = read_back;
             last_txn = Some(e.log_id.index);
         }
     }
 }
 
-/// `Txn::into_parts` then the `Assembler`: the transaction comes back whole and unchanged.
+/// `Txn::into_parts` then the `Assembler`, reading the parts back as the applier does: the
+/// transaction comes back whole and unchanged.
 pub fn split_and_reassemble(t: &Txn) {
     let mut asm = Assembler::default();
+    let log: Vec<Entry> = t
+        .clone()
+        .into_parts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i as u64 + 1),
+            payload: EntryPayload::Normal(Request::Txn(p)),
+        })
+        .collect();
     let mut out = None;
-    for part in t.clone().into_parts() {
-        match asm.feed(t.base_index, part) {
+    for e in &log {
+        let EntryPayload::Normal(Request::Txn(p)) = &e.payload else {
+            continue;
+        };
+        match asm.feed(t.base_index, e.log_id.index, p.clone()) {
             Fed::Complete(whole) => out = Some(whole),
             Fed::Staged => {}
             Fed::Stale => panic!("a part of a valid transaction was stale"),
         }
     }
-    assert!(out.as_ref() == Some(t), "split and reassembled transaction differs");
+    let Some(whole) = out else {
+        panic!("a split transaction never completed");
+    };
+    let mut back = Txn {
+        part: 0,
+        last: true,
+        ..whole.last.clone_header()
+    };
+    let read = |lo: u64, hi: u64| Ok(log[(lo - 1) as usize..hi as usize].to_vec());
+    whole
+        .for_each_page(read, |pg, image, _| {
+            back.pgnos.push(pg);
+            back.pages.extend_from_slice(image);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("reading a split transaction back failed: {e}"));
+    assert!(&back == t, "split and reassembled transaction differs");
 }

@@ -7,8 +7,8 @@
 //!
 //! Bounds: an AppendEntries request is kept under `MAX_APPEND_BYTES` by sending a prefix of its
 //! entries and reporting `PartialSuccess` up to the last one sent (openraft then sends the rest); a
-//! single entry is at most one transaction (`MAX_TXN_BYTES` of pages), under the transport's 96 MiB
-//! message bound. Timeouts: openraft's per-RPC hard TTL. An unreachable, refused or timed-out peer is
+//! single entry is at most one part of a transaction (`PART_BYTES` of pages, raft/types.rs), far
+//! under the transport's 96 MiB message bound. Timeouts: openraft's per-RPC hard TTL. An unreachable, refused or timed-out peer is
 //! reported as `Unreachable`, so openraft backs off instead of spinning.
 //!
 //! Besides Raft's own RPCs the service answers `READ_INDEX` (a follower's `replicated_sync()`

@@ -19,7 +19,9 @@
 use crate::apply::ApplierHandle;
 use crate::raft::applied::AppliedStore;
 use crate::raft::snapshot::{self, SnapshotFile};
-use crate::raft::types::{Assembler, Entry, Fed, LogId, NodeId, Request, Response, StorageError, Txn, TypeConfig};
+use crate::raft::types::{
+    Assembled, Assembler, Entry, Fed, LogId, NodeId, Request, Response, StorageError, TypeConfig,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StoredMembership};
 use parking_lot::Mutex;
@@ -45,8 +47,10 @@ pub enum PendingState {
 /// thread hand-offs per commit).
 pub struct PendingCommit {
     pub txn_id: u64,
-    /// When the committer gives up (its `timeout_ms`).
-    pub deadline: std::time::Instant,
+    /// When the committer gives up: `timeout_ms` after the commit began or after the cluster last
+    /// acknowledged one of its parts, whichever is later (a large transaction may take longer than
+    /// `timeout_ms` in all, but never waits longer than that for progress).
+    deadline: Mutex<std::time::Instant>,
     pub state: Mutex<PendingState>,
     pub decided: parking_lot::Condvar,
 }
@@ -55,10 +59,20 @@ impl PendingCommit {
     pub fn new(txn_id: u64, deadline: std::time::Instant) -> Arc<PendingCommit> {
         Arc::new(PendingCommit {
             txn_id,
-            deadline,
+            deadline: Mutex::new(deadline),
             state: Mutex::new(PendingState::Waiting),
             decided: parking_lot::Condvar::new(),
         })
+    }
+
+    pub fn deadline(&self) -> std::time::Instant {
+        *self.deadline.lock()
+    }
+
+    /// A part was acknowledged: the committer waits up to `timeout` more.
+    pub fn progressed(&self, timeout: std::time::Duration) {
+        let mut d = self.deadline.lock();
+        *d = (*d).max(std::time::Instant::now() + timeout);
     }
 
     /// Moves Waiting to `to` (and wakes the committer); false when already decided.
@@ -154,13 +168,7 @@ impl SmShared {
         if !self.ack_apply || t.origin != self.node_id || !t.last {
             return;
         }
-        let Some(deadline) = self
-            .pending
-            .lock()
-            .as_ref()
-            .filter(|p| p.txn_id == t.txn_id)
-            .map(|p| p.deadline)
-        else {
+        let Some(pending) = self.pending.lock().as_ref().filter(|p| p.txn_id == t.txn_id).cloned() else {
             return;
         };
         let voters: Vec<NodeId> = self.state.lock().membership.membership().voter_ids().collect();
@@ -179,6 +187,7 @@ impl SmShared {
                 return;
             }
             let now = std::time::Instant::now();
+            let deadline = pending.deadline();
             if now >= deadline {
                 return;
             }
@@ -208,7 +217,7 @@ impl SmShared {
 
     /// Decides what entry `e` does to the state (identically on every node) and returns the
     /// response plus, when the pages must be written from the log, the transaction to apply.
-    fn decide(&self, e: Entry) -> (Response, Option<(Txn, LogId)>) {
+    fn decide(&self, e: Entry) -> (Response, Option<(Assembled, LogId)>) {
         let mut st = self.state.lock();
         let mut job = None;
         let resp = match e.payload {
@@ -229,23 +238,25 @@ impl SmShared {
                 let last = self.last_txn.load(Ordering::Acquire);
                 let index = e.log_id.index;
                 let base_index = t.base_index;
-                match st.assembler.feed(last, t) {
+                match st.assembler.feed(last, index, t) {
                     Fed::Stale => Response::Stale {
                         index,
                         base_index,
                         last_txn_index: last,
                     },
                     Fed::Staged => Response::Staged { index },
-                    Fed::Complete(t) => {
+                    Fed::Complete(a) => {
                         // Failpoint `sm.claim`: decline the claim, as when the committer already gave up.
-                        let claimed = t.origin == self.node_id
+                        let claimed = a.last.origin == self.node_id
                             && crate::failpoint::hit("sm.claim").is_ok()
                             && match self.pending.lock().as_ref() {
-                                Some(p) if p.txn_id == t.txn_id => p.decide(PendingState::Claimed { log_id: e.log_id }),
+                                Some(p) if p.txn_id == a.last.txn_id => {
+                                    p.decide(PendingState::Claimed { log_id: e.log_id })
+                                }
                                 _ => false,
                             };
                         if !claimed {
-                            job = Some((t, e.log_id));
+                            job = Some((a, e.log_id));
                         }
                         self.last_txn.store(index, Ordering::Release);
                         Response::Applied { index }

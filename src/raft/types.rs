@@ -17,10 +17,18 @@
 //! Large transactions are split into *parts*, each its own log entry of at most `PART_BYTES` of
 //! pages (openraft 0.9 gives an AppendEntries one heartbeat interval to reach a follower and be
 //! fsync'd, so entries must stay small). Parts carry the same `txn_id` and `base_index`, numbered
-//! from 0; the last one has `last` set. The `Assembler` applies the base rule at part 0, collects
-//! consecutive parts, and yields the whole transaction at its last part, which is where it is
-//! applied (and where its index becomes `last_txn`). An interrupted sequence (the leader failed
-//! over mid-transaction) is discarded by the next part 0 — identically on every node.
+//! from 0; the last one has `last` set; page numbers ascend across parts. The `Assembler` applies
+//! the base rule at part 0, checks that each following part continues the sequence, and at the last
+//! part yields an `Assembled`: the last part plus the log index of part 0. That is where the
+//! transaction is applied (and where its index becomes `last_txn`). An interrupted sequence (the
+//! leader failed over mid-transaction) is discarded by the next part 0 — identically on every node.
+//!
+//! Memory: the Assembler keeps no pages, only where the sequence started. Whoever applies an
+//! `Assembled` streams its earlier parts back from the Raft log (`for_each_page`), one batch of
+//! `READ_BATCH` entries at a time, so applying a transaction of any size holds a few parts at once.
+//! The parts are in the log for as long as that takes: they are committed (never truncated), and
+//! the log is purged only behind a snapshot, which ends at the last *complete* transaction, before
+//! part 0 (state_machine.rs, `published`).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +36,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_PAGE_SIZE: u32 = 65536;
 /// Pages per log entry: a transaction is split into parts of at most this many bytes of pages.
 pub const PART_BYTES: usize = 512 << 10;
-/// Largest transaction a node stages while its parts arrive (the capture limit is lower).
-pub const MAX_STAGED_BYTES: usize = 80 << 20;
+/// Entries read from the log per batch when an assembled transaction is applied (at most
+/// `READ_BATCH * PART_BYTES` of pages in memory).
+pub const READ_BATCH: u64 = 4;
 
 /// One committed write transaction, as captured on the leader at the WAL commit sync.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +125,7 @@ impl Txn {
         out
     }
 
-    fn clone_header(&self) -> Txn {
+    pub fn clone_header(&self) -> Txn {
         Txn {
             origin: self.origin,
             txn_id: self.txn_id,
@@ -136,21 +145,117 @@ impl Txn {
 pub enum Fed {
     /// Not applicable: built on another state, malformed, or out of sequence.
     Stale,
-    /// A part kept for later.
+    /// A part of a transaction that continues in later entries.
     Staged,
-    /// The whole transaction, to apply now.
-    Complete(Txn),
+    /// The transaction's last part: apply the whole transaction now.
+    Complete(Assembled),
 }
 
-/// Reassembles split transactions and applies the base rule (see the module comment). Pure: the
+/// A complete transaction: its last part, in hand, and where its earlier parts are in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    /// Log index of part 0 (= `last_index` for a transaction in one entry).
+    pub first_index: u64,
+    /// Log index of the last part.
+    pub last_index: u64,
+    pub last: Txn,
+}
+
+impl Assembled {
+    pub fn page_size(&self) -> u32 {
+        self.last.page_size
+    }
+
+    pub fn db_size(&self) -> u32 {
+        self.last.db_size
+    }
+
+    /// Calls `page(pgno, image, is_last_page)` for every page of the transaction in order, reading
+    /// the earlier parts back with `read(lo, hi)` (the log entries lo..=hi). Each part read back is
+    /// checked to be the one the Assembler accepted at that place; anything else is an error (the
+    /// log changed under a committed sequence: never expected, never applied).
+    pub fn for_each_page(
+        &self,
+        mut read: impl FnMut(u64, u64) -> std::io::Result<Vec<Entry>>,
+        mut page: impl FnMut(u32, &[u8], bool) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut each = |t: &Txn, last: bool| -> Result<(), String> {
+            let n = t.pgnos.len();
+            for i in 0..n {
+                page(t.pgnos[i], t.page(i), last && i + 1 == n)?;
+            }
+            Ok(())
+        };
+        let mut want = 0u32;
+        let mut prev_pgno = 0u32;
+        let mut i = self.first_index;
+        while i < self.last_index {
+            let hi = (i + READ_BATCH - 1).min(self.last_index - 1);
+            let entries = read(i, hi).map_err(|e| format!("reading parts {i}..={hi} of a transaction: {e}"))?;
+            if entries.len() as u64 != hi - i + 1 || entries.first().map(|e| e.log_id.index) != Some(i) {
+                return Err(format!(
+                    "log entries {i}..={hi} (parts of the transaction ending at {}) are missing",
+                    self.last_index
+                ));
+            }
+            for e in &entries {
+                let openraft::EntryPayload::Normal(Request::Txn(t)) = &e.payload else {
+                    continue; // blank and membership entries may sit between parts
+                };
+                let ok = t.origin == self.last.origin
+                    && t.txn_id == self.last.txn_id
+                    && t.part == want
+                    && !t.last
+                    && t.page_size == self.last.page_size
+                    && t.db_size == self.last.db_size
+                    && t.validate().is_ok()
+                    && t.pgnos.first().is_some_and(|p| *p > prev_pgno);
+                if !ok {
+                    return Err(format!(
+                        "log entry {} is not part {want} of the transaction ending at {}",
+                        e.log_id.index, self.last_index
+                    ));
+                }
+                prev_pgno = t.pgnos.last().copied().unwrap_or(prev_pgno);
+                want += 1;
+                each(t, false)?;
+            }
+            i = hi + 1;
+        }
+        if want != self.last.part {
+            return Err(format!(
+                "found {want} parts before the last part ({}) of the transaction ending at {}",
+                self.last.part, self.last_index
+            ));
+        }
+        each(&self.last, true)
+    }
+}
+
+/// Where a split transaction's sequence stands (no pages: see the module comment).
+#[derive(Debug, Clone)]
+struct Staging {
+    origin: u64,
+    txn_id: u64,
+    base_index: u64,
+    page_size: u32,
+    db_size: u32,
+    part: u32,
+    last_pgno: u32,
+    first_index: u64,
+}
+
+/// Follows split transactions and applies the base rule (see the module comment). Pure: the
 /// state machine and restart replay feed it the same entries and take the same decisions.
 #[derive(Default, Debug, Clone)]
 pub struct Assembler {
-    staging: Option<Txn>,
+    staging: Option<Staging>,
 }
 
 impl Assembler {
-    pub fn feed(&mut self, last_txn: u64, t: Txn) -> Fed {
+    /// Feeds the transaction entry `t`, at log index `index`, given the index of the last applied
+    /// transaction.
+    pub fn feed(&mut self, last_txn: u64, index: u64, t: Txn) -> Fed {
         if t.validate().is_err() {
             self.staging = None;
             return Fed::Stale;
@@ -161,9 +266,22 @@ impl Assembler {
                 return Fed::Stale;
             }
             if t.last {
-                return Fed::Complete(t);
+                return Fed::Complete(Assembled {
+                    first_index: index,
+                    last_index: index,
+                    last: t,
+                });
             }
-            self.staging = Some(t);
+            self.staging = Some(Staging {
+                origin: t.origin,
+                txn_id: t.txn_id,
+                base_index: t.base_index,
+                page_size: t.page_size,
+                db_size: t.db_size,
+                part: 0,
+                last_pgno: t.pgnos.last().copied().unwrap_or(0),
+                first_index: index,
+            });
             return Fed::Staged;
         }
         match self.staging.take() {
@@ -174,17 +292,18 @@ impl Assembler {
                     && s.base_index == t.base_index
                     && s.page_size == t.page_size
                     && s.db_size == t.db_size
-                    && t.pgnos.first() > s.pgnos.last()
-                    && s.pages.len() + t.pages.len() <= MAX_STAGED_BYTES =>
+                    && s.first_index < index
+                    && t.pgnos.first().is_some_and(|p| *p > s.last_pgno) =>
             {
-                s.pgnos.extend_from_slice(&t.pgnos);
-                s.pages.extend_from_slice(&t.pages);
-                s.part = t.part;
                 if t.last {
-                    s.part = 0;
-                    s.last = true;
-                    Fed::Complete(s)
+                    Fed::Complete(Assembled {
+                        first_index: s.first_index,
+                        last_index: index,
+                        last: t,
+                    })
                 } else {
+                    s.part = t.part;
+                    s.last_pgno = t.pgnos.last().copied().unwrap_or(s.last_pgno);
                     self.staging = Some(s);
                     Fed::Staged
                 }
@@ -216,6 +335,49 @@ mod tests {
         }
     }
 
+    fn entry(index: u64, payload: openraft::EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    /// Feeds `parts` as log entries from index 10 on (with a blank entry after the first, as a
+    /// re-election mid-transaction leaves) and reassembles what completes by reading them back.
+    fn feed_and_read(whole: &Txn) -> (Vec<Entry>, Option<Txn>) {
+        let mut log = Vec::new();
+        let mut a = Assembler::default();
+        let mut out = None;
+        for (k, p) in whole.clone().into_parts().into_iter().enumerate() {
+            if k == 1 {
+                log.push(entry(10 + log.len() as u64, openraft::EntryPayload::Blank));
+            }
+            let index = 10 + log.len() as u64;
+            log.push(entry(index, openraft::EntryPayload::Normal(Request::Txn(p.clone()))));
+            match a.feed(whole.base_index, index, p) {
+                Fed::Complete(asm) => {
+                    let mut t = Txn {
+                        part: 0,
+                        last: true,
+                        ..asm.last.clone_header()
+                    };
+                    let read = |lo: u64, hi: u64| Ok(log[(lo - 10) as usize..=(hi - 10) as usize].to_vec());
+                    asm.for_each_page(read, |pg, img, _| {
+                        t.pgnos.push(pg);
+                        t.pages.extend_from_slice(img);
+                        Ok(())
+                    })
+                    .expect("reads back");
+                    out = Some(t);
+                }
+                Fed::Staged => {}
+                Fed::Stale => panic!("stale"),
+            }
+        }
+        assert!(!a.is_staging());
+        (log, out)
+    }
+
     #[test]
     fn split_and_reassemble() {
         let pages: Vec<u32> = (1..=3000).collect();
@@ -223,38 +385,83 @@ mod tests {
         let parts = whole.clone().into_parts();
         assert!(parts.len() > 1 && parts.iter().all(|p| p.pages.len() <= PART_BYTES));
         assert!(parts.last().is_some_and(|p| p.last) && parts.iter().filter(|p| p.last).count() == 1);
-        let mut a = Assembler::default();
-        let mut out = None;
-        for p in parts {
-            match a.feed(5, p) {
-                Fed::Complete(t) => out = Some(t),
-                Fed::Staged => {}
-                Fed::Stale => panic!("stale"),
-            }
-        }
+        let (_, out) = feed_and_read(&whole);
         assert_eq!(out, Some(whole));
-        assert!(!a.is_staging());
+        let one = txn(8, 5, &[3, 4]);
+        assert_eq!(feed_and_read(&one).1, Some(one));
+    }
+
+    #[test]
+    fn reading_back_refuses_a_changed_log() {
+        let whole = txn(7, 5, &(1..=3000).collect::<Vec<_>>());
+        let (mut log, _) = feed_and_read(&whole);
+        let last = log.len() as u64 + 9;
+        let Some(openraft::EntryPayload::Normal(Request::Txn(t))) = log.last().map(|e| e.payload.clone()) else {
+            panic!("no last part");
+        };
+        let asm = Assembled {
+            first_index: 10,
+            last_index: last,
+            last: t,
+        };
+        let count = |log: &Vec<Entry>| {
+            let read = |lo: u64, hi: u64| Ok(log[(lo - 10) as usize..=(hi - 10) as usize].to_vec());
+            asm.for_each_page(read, |_, _, _| Ok(()))
+        };
+        assert!(count(&log).is_ok());
+        // Another transaction's part where a part should be.
+        let mut bad = log.clone();
+        if let openraft::EntryPayload::Normal(Request::Txn(t)) = &mut bad[2].payload {
+            t.txn_id = 99;
+        }
+        assert!(count(&bad).unwrap_err().contains("is not part 1"));
+        // A part missing (a blank entry in its place).
+        bad = log.clone();
+        bad[2].payload = openraft::EntryPayload::Blank;
+        assert!(count(&bad).is_err());
+        // Entries missing from the log.
+        log.truncate(2);
+        let read = |lo: u64, hi: u64| {
+            Ok(log
+                .iter()
+                .filter(|e| (lo..=hi).contains(&e.log_id.index))
+                .cloned()
+                .collect())
+        };
+        assert!(asm
+            .for_each_page(read, |_, _, _| Ok(()))
+            .unwrap_err()
+            .contains("missing"));
     }
 
     #[test]
     fn base_rule_and_broken_sequences() {
         let mut a = Assembler::default();
-        assert_eq!(a.feed(4, txn(1, 5, &[1])), Fed::Stale, "built on another state");
+        assert_eq!(a.feed(4, 1, txn(1, 5, &[1])), Fed::Stale, "built on another state");
         let parts = txn(2, 5, &(1..=2000).collect::<Vec<_>>()).into_parts();
-        assert_eq!(a.feed(5, parts[0].clone()), Fed::Staged);
+        assert_eq!(a.feed(5, 2, parts[0].clone()), Fed::Staged);
         // A new transaction starts before the old one finished (fail-over): the old is dropped.
-        assert!(matches!(a.feed(5, txn(3, 5, &[9])), Fed::Complete(_)));
-        assert_eq!(a.feed(5, parts[1].clone()), Fed::Stale, "a stray part is never applied");
-        // Out of order / duplicated parts are stale.
-        assert_eq!(a.feed(5, parts[0].clone()), Fed::Staged);
+        assert!(matches!(a.feed(5, 3, txn(3, 5, &[9])), Fed::Complete(_)));
         assert_eq!(
-            a.feed(5, parts[0].clone()),
+            a.feed(5, 4, parts[1].clone()),
+            Fed::Stale,
+            "a stray part is never applied"
+        );
+        // Out of order / duplicated parts are stale.
+        assert_eq!(a.feed(5, 5, parts[0].clone()), Fed::Staged);
+        assert_eq!(
+            a.feed(5, 6, parts[0].clone()),
             Fed::Staged,
             "part 0 again restarts the sequence"
         );
         let mut p2 = parts[1].clone();
         p2.part = 5;
-        assert_eq!(a.feed(5, p2), Fed::Stale);
+        assert_eq!(a.feed(5, 7, p2), Fed::Stale);
+        // Pages must ascend across parts.
+        assert_eq!(a.feed(5, 8, parts[0].clone()), Fed::Staged);
+        let mut p1 = parts[1].clone();
+        p1.pgnos[0] = 1;
+        assert_eq!(a.feed(5, 9, p1), Fed::Stale);
     }
 }
 

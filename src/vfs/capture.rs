@@ -8,18 +8,28 @@
 //! Rebuilding the transaction from the `xWrite` stream would be fragile: cache spills rewrite
 //! frames in place and `walRewriteChecksums` rewrites headers.
 //!
-//! Bound: a transaction whose distinct pages exceed `MAX_TXN_BYTES` is refused with an error (the
-//! commit fails, nothing is replicated); splitting large transactions into bounded entries is the
-//! next step (see README, "Limits").
+//! Memory: the frames are read twice for a large transaction, never held whole. The first pass
+//! verifies the chain up to the commit frame and notes (page number, frame number) for every frame;
+//! it also keeps the page images while they fit in one log entry (`INLINE_BYTES`), the common case,
+//! which then needs no second read. Otherwise the notes are sorted and reduced to the last frame of
+//! each page, and `take_part` reads one part's frames at a time while the parts are proposed
+//! (node.rs), so the leader holds 8 bytes per frame plus a few parts, whatever the transaction size.
+//! The frames cannot change between the passes: the committing connection holds WAL_WRITE_LOCK,
+//! and checkpoints only read the WAL.
+//!
+//! Bound: a transaction of more than `MAX_TXN_FRAMES` frames is refused with an error (the commit
+//! fails, nothing is replicated).
 
-use crate::wal::frames::{be32, FrameHeader, WalHeader, WAL_HDR};
+use crate::raft::types::PART_BYTES;
+use crate::wal::frames::{be32, FrameHeader, WalHeader, FRAME_HDR, WAL_HDR};
 use libsqlite3_sys as ffi;
 use std::collections::BTreeMap;
 
-/// Largest transaction (distinct page bytes) a commit may write. It is replicated in parts of
-/// `PART_BYTES` (raft/types.rs), but held whole in memory on the leader while it commits and on
-/// each node while its parts arrive, so it is capped.
-pub const MAX_TXN_BYTES: usize = 64 << 20;
+/// Distinct page bytes up to which a captured transaction is kept in memory (one log entry).
+pub const INLINE_BYTES: usize = PART_BYTES;
+/// Most WAL frames one transaction may write: 2^23, 32 GiB of 4 KiB pages. The leader holds
+/// 8 bytes per frame while it commits (at most 64 MiB).
+pub const MAX_TXN_FRAMES: u64 = 1 << 23;
 
 /// Where a captured transaction sits in this node's WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,15 +43,82 @@ pub struct WalPos {
 pub struct Captured {
     pub page_size: u32,
     pub db_size: u32,
-    pub pgnos: Vec<u32>,
-    pub pages: Vec<u8>,
     pub pos: WalPos,
+    hdr: WalHeader,
+    body: Body,
+}
+
+enum Body {
+    /// Page numbers (ascending) and their images, read in the first pass.
+    Inline { pgnos: Vec<u32>, pages: Vec<u8> },
+    /// (page number, frame number of its last image), ascending by page: read by `take_part`.
+    Streamed { frames: Vec<(u32, u32)> },
+}
+
+impl Captured {
+    /// Distinct pages the transaction writes (at most the database size).
+    pub fn page_count(&self) -> usize {
+        match &self.body {
+            Body::Inline { pgnos, .. } => pgnos.len(),
+            Body::Streamed { frames } => frames.len(),
+        }
+    }
+
+    fn pages_per_part(&self) -> usize {
+        (PART_BYTES / self.page_size.max(1) as usize).max(1)
+    }
+
+    /// Log entries the transaction is replicated as (`raft/types.rs`, "parts").
+    pub fn part_count(&self) -> usize {
+        self.page_count().div_ceil(self.pages_per_part()).max(1)
+    }
+
+    /// Part `k`'s page numbers and images, read from the WAL with `read_at` when the first pass
+    /// did not keep them. Each part is taken once (an inline part is moved out, not copied).
+    pub fn take_part(
+        &mut self,
+        k: usize,
+        mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
+    ) -> Result<(Vec<u32>, Vec<u8>), CaptureError> {
+        let per = self.pages_per_part();
+        let ps = self.page_size as usize;
+        let range = |len: usize| (k * per).min(len)..((k + 1) * per).min(len);
+        match &mut self.body {
+            Body::Inline { pgnos, pages } if k == 0 && pgnos.len() <= per => {
+                Ok((std::mem::take(pgnos), std::mem::take(pages)))
+            }
+            Body::Inline { pgnos, pages } => {
+                let r = range(pgnos.len());
+                Ok((pgnos[r.clone()].to_vec(), pages[r.start * ps..r.end * ps].to_vec()))
+            }
+            Body::Streamed { frames } => {
+                let chunk = &frames[range(frames.len())];
+                let mut pgnos = Vec::with_capacity(chunk.len());
+                let mut pages = Vec::with_capacity(chunk.len() * ps);
+                let mut frame = vec![0u8; self.hdr.frame_size() as usize];
+                for &(pgno, n) in chunk {
+                    let ok = read_at(self.hdr.frame_offset(n as u64), &mut frame)
+                        && FrameHeader::parse(&frame).is_some_and(|f| f.pgno == pgno && f.salt == self.hdr.salt);
+                    if !ok {
+                        return Err(CaptureError::Io(
+                            ffi::SQLITE_IOERR_READ,
+                            format!("WAL frame {n} changed or became unreadable during its commit"),
+                        ));
+                    }
+                    pgnos.push(pgno);
+                    pages.extend_from_slice(&frame[FRAME_HDR..]);
+                }
+                Ok((pgnos, pages))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 pub enum CaptureError {
     Io(i32, String),
-    TooLarge(usize),
+    /// More than `MAX_TXN_FRAMES` frames (the count so far).
+    TooLarge(u64),
 }
 
 /// The published wal-index header (copy [0]) fields capture needs.
@@ -104,8 +181,16 @@ pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file)
 /// The pure part of `capture`: given the published wal-index header and a way to read the WAL
 /// (`read_at(offset, buf) -> bool`, false on a short read), verifies and collects the frames after
 /// `shm.mx_frame` up to the first commit frame. No SQLite call, so it is fuzzed over a buffer.
-pub fn capture_from(
+pub fn capture_from(shm: &ShmHeader, read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Result<Captured, CaptureError> {
+    capture_with(shm, INLINE_BYTES, MAX_TXN_FRAMES, read_at)
+}
+
+/// `capture_from` with its limits as parameters: keep page images in memory up to `inline_bytes`
+/// of distinct pages, refuse more than `max_frames` frames (tests and fuzzing use small ones).
+pub fn capture_with(
     shm: &ShmHeader,
+    inline_bytes: usize,
+    max_frames: u64,
     mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
 ) -> Result<Captured, CaptureError> {
     let mut hb = [0u8; WAL_HDR];
@@ -124,10 +209,18 @@ pub fn capture_from(
     let first = shm.mx_frame as u64 + 1;
     let mut running = if shm.mx_frame == 0 { hdr.cksum } else { shm.frame_cksum };
     let mut frame = vec![0u8; hdr.frame_size() as usize];
-    let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
-    let mut bytes = 0usize;
+    // Pass 1: every frame's page, and the images while they fit inline.
+    let mut frames: Vec<(u32, u32)> = Vec::new();
+    let mut inline: Option<BTreeMap<u32, Vec<u8>>> = Some(BTreeMap::new());
+    let mut inline_len = 0usize;
     let mut n = first;
-    loop {
+    let (db_size, commit_cksum) = loop {
+        if n - first >= max_frames {
+            return Err(CaptureError::TooLarge(n - first + 1));
+        }
+        let Ok(n32) = u32::try_from(n) else {
+            return Err(CaptureError::TooLarge(n - first + 1));
+        };
         if !read_at(hdr.frame_offset(n), &mut frame) {
             return Err(CaptureError::Io(
                 ffi::SQLITE_IOERR_READ,
@@ -141,41 +234,61 @@ pub fn capture_from(
             ));
         };
         running = ck;
-        let page = &frame[crate::wal::frames::FRAME_HDR..];
-        match pages.get_mut(&fh.pgno) {
-            Some(img) => img.copy_from_slice(page),
-            None => {
-                bytes += page.len();
-                if bytes > MAX_TXN_BYTES {
-                    return Err(CaptureError::TooLarge(bytes));
+        frames.push((fh.pgno, n32));
+        if let Some(map) = inline.as_mut() {
+            let page = &frame[FRAME_HDR..];
+            match map.get_mut(&fh.pgno) {
+                Some(img) => img.copy_from_slice(page),
+                None => {
+                    inline_len += page.len();
+                    map.insert(fh.pgno, page.to_vec());
                 }
-                pages.insert(fh.pgno, page.to_vec());
+            }
+            if inline_len > inline_bytes {
+                inline = None; // too large to keep: read it again part by part
             }
         }
         if fh.db_size != 0 {
-            let db_size = fh.db_size;
-            let mut pgnos = Vec::with_capacity(pages.len());
-            let mut flat = Vec::with_capacity(pages.len() * hdr.page_size as usize);
-            for (pg, img) in pages.range(..=db_size) {
+            debug_assert_eq!(be32(&frame, 4), fh.db_size);
+            break (fh.db_size, ck);
+        }
+        n += 1;
+    };
+    let body = match inline {
+        Some(map) => {
+            let mut pgnos = Vec::with_capacity(map.len());
+            let mut flat = Vec::with_capacity(map.len() * hdr.page_size as usize);
+            for (pg, img) in map.range(..=db_size) {
                 pgnos.push(*pg);
                 flat.extend_from_slice(img);
             }
-            debug_assert_eq!(be32(&frame, 4), db_size);
-            return Ok(Captured {
-                page_size: hdr.page_size,
-                db_size,
-                pgnos,
-                pages: flat,
-                pos: WalPos {
-                    salt: hdr.salt,
-                    first_frame: first,
-                    commit_frame: n,
-                    commit_cksum: ck,
-                },
-            });
+            Body::Inline { pgnos, pages: flat }
         }
-        n += 1;
-    }
+        None => {
+            // The last frame of each page, pages beyond the new database size dropped.
+            frames.sort_unstable();
+            let mut last: Vec<(u32, u32)> = Vec::with_capacity(frames.len());
+            for f in frames.into_iter().filter(|f| f.0 <= db_size) {
+                match last.last_mut() {
+                    Some(l) if l.0 == f.0 => *l = f,
+                    _ => last.push(f),
+                }
+            }
+            Body::Streamed { frames: last }
+        }
+    };
+    Ok(Captured {
+        page_size: hdr.page_size,
+        db_size,
+        pos: WalPos {
+            salt: hdr.salt,
+            first_frame: first,
+            commit_frame: n,
+            commit_cksum,
+        },
+        hdr,
+        body,
+    })
 }
 
 /// Makes a failed commit's frames invisible to recovery *before* the error is returned: zero the
@@ -249,29 +362,78 @@ mod tests {
         }
     }
 
+    /// Every part of `cap`, concatenated: (page numbers, images, part count).
+    fn all(cap: &mut Captured, file: &[u8]) -> (Vec<u32>, Vec<u8>, usize) {
+        let (mut pgnos, mut pages) = (Vec::new(), Vec::new());
+        let parts = cap.part_count();
+        for k in 0..parts {
+            let (p, i) = cap.take_part(k, |o, b| read(file, o, b)).expect("part");
+            assert!(!p.is_empty() && p.len() * 512 <= PART_BYTES);
+            pgnos.extend(p);
+            pages.extend(i);
+        }
+        (pgnos, pages, parts)
+    }
+
     #[test]
     fn capture_from_reads_the_transaction_after_the_published_frame() {
         // Transaction 1: frames 1-2 (pages 1, 2). Transaction 2: frames 3-5, page 1 twice, and a
         // page beyond its new database size of 3.
         let (file, commits) = wal(&[(1, 0), (2, 2), (3, 0), (1, 0), (4, 0), (1, 3)]);
         assert_eq!(commits.iter().map(|c| c.frame).collect::<Vec<_>>(), vec![2, 6]);
-        let Ok(first) = capture_from(&after(0, (0, 0)), |o, b| read(&file, o, b)) else {
+        let Ok(mut first) = capture_from(&after(0, (0, 0)), |o, b| read(&file, o, b)) else {
             panic!("first transaction not captured");
         };
-        assert_eq!((first.pgnos, first.db_size, first.pos.commit_frame), (vec![1, 2], 2, 2));
-        let Ok(second) = capture_from(&after(2, commits[0].cksum), |o, b| read(&file, o, b)) else {
-            panic!("second transaction not captured");
-        };
-        assert_eq!((&second.pgnos[..], second.pos.first_frame), (&[1, 3][..], 3));
-        assert_eq!(
-            (second.pages[0], second.pages[512]),
-            (6, 3),
-            "the last image of each page"
-        );
-        assert_eq!(second.pos.commit_cksum, commits[1].cksum);
+        assert_eq!((first.db_size, first.pos.commit_frame), (2, 2));
+        assert_eq!(all(&mut first, &file).0, vec![1, 2]);
+        for inline in [INLINE_BYTES, 0] {
+            let Ok(mut second) = capture_with(&after(2, commits[0].cksum), inline, 100, |o, b| read(&file, o, b))
+            else {
+                panic!("second transaction not captured");
+            };
+            assert_eq!(second.pos.first_frame, 3);
+            assert_eq!(second.pos.commit_cksum, commits[1].cksum);
+            let (pgnos, pages, _) = all(&mut second, &file);
+            assert_eq!(&pgnos[..], &[1, 3][..]);
+            assert_eq!((pages[0], pages[512]), (6, 3), "the last image of each page");
+        }
         // Nothing committed after frame 6; a wrong running checksum breaks the chain at once.
         assert!(capture_from(&after(6, commits[1].cksum), |o, b| read(&file, o, b)).is_err());
         assert!(capture_from(&after(2, (1, 2)), |o, b| read(&file, o, b)).is_err());
         assert!(capture_from(&after(0, (0, 0)), |o, b| read(&file[..100], o, b)).is_err());
+        // More frames than the limit: refused.
+        assert!(matches!(
+            capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 3, |o, b| read(&file, o, b)),
+            Err(CaptureError::TooLarge(4))
+        ));
+        assert!(capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 4, |o, b| read(&file, o, b)).is_ok());
+    }
+
+    #[test]
+    fn a_large_transaction_is_streamed_part_by_part() {
+        // 3000 pages written in order, then pages 5..=1500 written again (a cache spill), with a
+        // commit size that drops the last 10 pages.
+        let mut frames: Vec<(u32, u32)> = (1..=3000).map(|p| (p, 0)).collect();
+        frames.extend((5..=1500).map(|p| (p, 0)));
+        frames.push((1, 2990));
+        let (file, commits) = wal(&frames);
+        assert_eq!(commits.len(), 1);
+        let mut cap = capture_from(&after(0, (0, 0)), |o, b| read(&file, o, b)).expect("captured");
+        assert_eq!(cap.page_count(), 2990);
+        let (pgnos, pages, parts) = all(&mut cap, &file);
+        assert_eq!(parts, 2990usize.div_ceil(PART_BYTES / 512));
+        assert_eq!(pgnos, (1..=2990).collect::<Vec<u32>>());
+        // Each page's newest image: frame numbers (as bytes) of the rewrite for pages 5..=1500.
+        let img = |pg: u32| pages[(pg as usize - 1) * 512];
+        assert_eq!(img(1), frames.len() as u8, "page 1 from the commit frame");
+        assert_eq!(img(4), 4u8);
+        assert_eq!(img(5), (3000 + 1) as u8);
+        assert_eq!(img(1500), (3000 + 1496) as u8);
+        assert_eq!(img(1501), 1501u32 as u8);
+        // A frame that changes between the passes is refused.
+        let mut cap = capture_from(&after(0, (0, 0)), |o, b| read(&file, o, b)).expect("captured");
+        let mut bad = file.clone();
+        bad[WAL_HDR + 536 + 3] ^= 1; // frame 2's page number (page 2's only image)
+        assert!(cap.take_part(0, |o, b| read(&bad, o, b)).is_err());
     }
 }

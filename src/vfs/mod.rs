@@ -470,7 +470,7 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
         .and_then(|()| capture::capture(st.real, wal));
     let result = match captured {
-        Ok(cap) => db.commit(cap),
+        Ok(cap) => db.commit(cap, |off, buf| capture::read_at(wal, off, buf)),
         Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
         Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),
     };
