@@ -136,6 +136,8 @@ pub struct Database {
     /// Set while replicated_transfer_leader hands leadership over: new write transactions wait
     /// (their appends would renew the followers' leases and keep this node leader).
     handover: std::sync::atomic::AtomicBool,
+    /// Set while an imported database's cluster is being formed (add_configured_peers): writes wait.
+    forming: std::sync::atomic::AtomicBool,
     /// Snapshots being sent and received (for replicated_status()).
     sending: crate::raft::network::Transfers,
     receiving: crate::raft::network::Transfers,
@@ -268,6 +270,89 @@ fn genesis_page() -> Vec<u8> {
     p
 }
 
+/// In the data directory while an existing database is being imported (see import_existing).
+const IMPORT_MARKER: &str = "import";
+
+/// The database file is the empty database every cluster starts from.
+fn is_genesis(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == 4096) && std::fs::read(path).is_ok_and(|b| b == genesis_page())
+}
+
+/// The page size in a database file's header.
+fn page_size_of(path: &Path) -> Result<u32, String> {
+    let mut hdr = [0u8; 18];
+    std::fs::File::open(path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut hdr, 0))
+        .map_err(|e| format!("replicated: {}: reading the header: {e}", path.display()))?;
+    Ok(match u16::from_be_bytes([hdr[16], hdr[17]]) {
+        1 => 65536,
+        n => n as u32,
+    })
+}
+
+/// Writes a small file and makes it and its name durable.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A node without Raft history may be given an existing WAL-mode database whose `-wal` still holds
+/// committed transactions (its last user crashed, or kept the WAL). Reconciliation trusts only
+/// what the Raft log vouches for and would drop them, so first let SQLite itself (a plain
+/// connection through the default VFS, nobody else has the file open) recover the WAL and
+/// checkpoint it into the database file.
+fn absorb_existing_wal(path: &Path) -> Result<(), String> {
+    let wal = crate::reconcile::sibling(path, "-wal");
+    if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0 || !path.exists() {
+        return Ok(());
+    }
+    let e = |what: &str| format!("replicated: {}: checkpointing its existing WAL: {what}", path.display());
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| e("bad path"))?;
+    let mut h: *mut ffi::sqlite3 = std::ptr::null_mut();
+    // SAFETY: plain API calls on a connection this function owns and closes.
+    unsafe {
+        let rc = ffi::sqlite3_open_v2(p.as_ptr(), &mut h, ffi::SQLITE_OPEN_READWRITE, std::ptr::null());
+        let result = if rc != ffi::SQLITE_OK {
+            Err(e(&format!("open failed ({rc})")))
+        } else {
+            // A read first: it opens the WAL and recovers it (a checkpoint on a connection that has
+            // not read yet does nothing).
+            let rc = ffi::sqlite3_exec(
+                h,
+                c"SELECT count(*) FROM sqlite_schema".as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            if rc != ffi::SQLITE_OK {
+                ffi::sqlite3_close(h);
+                return Err(e(&format!("reading failed ({rc})")));
+            }
+            let (mut log, mut ckpt) = (0, 0);
+            let rc = ffi::sqlite3_wal_checkpoint_v2(
+                h,
+                std::ptr::null(),
+                ffi::SQLITE_CHECKPOINT_TRUNCATE,
+                &mut log,
+                &mut ckpt,
+            );
+            if rc != ffi::SQLITE_OK || log != ckpt {
+                Err(e(&format!("checkpoint failed ({rc}, {ckpt} of {log} frames)")))
+            } else {
+                Ok(())
+            }
+        };
+        ffi::sqlite3_close(h);
+        result
+    }
+}
+
 /// Makes sure the database file exists and is in WAL mode before SQLite opens it.
 fn prepare_db_file(path: &Path, has_history: bool, may_seed: bool) -> Result<(), String> {
     use std::io::{Read, Seek, Write};
@@ -304,8 +389,8 @@ fn prepare_db_file(path: &Path, has_history: bool, may_seed: bool) -> Result<(),
         let is_genesis = len == 4096 && f.read_exact(&mut page).is_ok() && page == genesis_page();
         if !is_genesis {
             return Err(format!(
-                "replicated: {}: an existing database can seed only a one-node cluster in this build \
-                 (a node of a multi-node cluster starts from an empty file and needs snapshots otherwise)",
+                "replicated: {}: only the node with the lowest id in 'peers' may start with an existing \
+                 database (it becomes the cluster's initial state); the other nodes start from an empty file",
                 path.display()
             ));
         }
@@ -423,9 +508,6 @@ impl Database {
         if fresh && cfg.peers.is_none() {
             return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
-        let n_peers = cfg.peers.as_ref().map(Vec::len).unwrap_or(0);
-        prepare_db_file(&path, !fresh, !fresh || n_peers <= 1)?;
-        let listen = resolve_listen(&cfg)?;
         // Reconciliation rewrites the WAL and deletes -shm: another process reading the files now
         // would be left on a stale wal-index. Refuse instead.
         if let Some(pid) = other_process_with_db_open(&path) {
@@ -435,6 +517,33 @@ impl Database {
                 path.display()
             ));
         }
+        // Only the lowest id in `peers` initializes a new cluster (see below), and only it may
+        // start with an existing database, which it imports as the cluster's initial state.
+        let bootstrapper = cfg.peers.iter().flatten().map(|p| p.id).min() == Some(cfg.node);
+        if fresh {
+            absorb_existing_wal(&path)?;
+        }
+        prepare_db_file(&path, !fresh, !fresh || bootstrapper)?;
+        let import_marker = cfg.data.join(IMPORT_MARKER);
+        if fresh && bootstrapper && !is_genesis(&path) {
+            // Every node starts from the empty database, whose page size is 4096 (SQLite cannot
+            // change the page size of a WAL-mode database).
+            let ps = page_size_of(&path)?;
+            if ps != 4096 {
+                return Err(format!(
+                    "replicated: {}: its page size is {ps}; a replicated database uses 4096. Convert it first \
+                     with plain sqlite3: PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM;",
+                    path.display()
+                ));
+            }
+            write_durably(
+                &import_marker,
+                b"an existing database is being imported as the initial state\n",
+            )
+            .map_err(|e| format!("replicated: writing {}: {e}", import_marker.display()))?;
+        }
+        let importing = import_marker.exists();
+        let listen = resolve_listen(&cfg)?;
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
         let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial, &cfg.data)?;
         if rec.replayed > 0 {
@@ -523,12 +632,15 @@ impl Database {
         // voters); the others start pristine and receive that membership from the first leader.
         // A node started later to join (see replicated_add_node) is then never able to create a
         // membership of its own that conflicts with the cluster's at log index 0.
-        let bootstrapper = cfg.peers.iter().flatten().map(|p| p.id).min() == Some(cfg.node);
+        // A node importing an existing database starts as a one-node cluster and adds the other
+        // peers once the import is committed (import_existing), so no other node can be elected
+        // and accept writes on the empty database meanwhile.
         if fresh && bootstrapper {
             let members: BTreeMap<NodeId, BasicNode> = cfg
                 .peers
                 .iter()
                 .flatten()
+                .filter(|p| !importing || p.id == cfg.node)
                 .map(|p| (p.id, BasicNode::new(p.addr.clone())))
                 .collect();
             let r = raft.clone();
@@ -552,6 +664,7 @@ impl Database {
             next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
             pid: std::process::id(),
             handover: std::sync::atomic::AtomicBool::new(false),
+            forming: std::sync::atomic::AtomicBool::new(importing),
             sending,
             receiving,
             _lock: lock,
@@ -560,7 +673,158 @@ impl Database {
         if db.cfg.ack == crate::config::Ack::Apply {
             Database::report_applied_to_leader(&db)?;
         }
+        if importing {
+            db.import_existing()?;
+            Database::add_configured_peers(&db)?;
+        }
         Ok(db)
+    }
+
+    /// Proposes the database file, as it is, as the cluster's first transaction (base 0: on every
+    /// other node it replaces the empty database), so that every node that ever joins rebuilds the
+    /// same content from the log. Runs at start on the node that holds `IMPORT_MARKER`, a one-node
+    /// cluster then; nothing else can write before it. After a crash the marker is still there:
+    /// the import is proposed again unless one was applied (then the next is skipped by the base
+    /// rule anyway).
+    fn import_existing(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.view();
+            if v.state == Some(ServerState::Leader) && v.applied >= v.last_log {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "replicated: importing {}: this node did not become the leader of its one-node cluster \
+                     (role {:?})",
+                    self.path.display(),
+                    v.state
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.sm.last_txn.load(Ordering::Acquire) > 0 {
+            return Ok(()); // imported before a crash (reconcile replayed it)
+        }
+        let e = |what: &str, err: String| format!("replicated: importing {}: {what}: {err}", self.path.display());
+        let file = std::fs::File::open(&self.path).map_err(|x| e("opening", x.to_string()))?;
+        let mut hdr = [0u8; 100];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut hdr, 0).map_err(|x| e("reading", x.to_string()))?;
+        let ps = match u16::from_be_bytes([hdr[16], hdr[17]]) {
+            1 => 65536u32,
+            n => n as u32,
+        };
+        let len = file.metadata().map_err(|x| e("stat", x.to_string()))?.len();
+        if !(512..=65536).contains(&ps) || !ps.is_power_of_two() || len % ps as u64 != 0 {
+            return Err(e("bad file", format!("{len} bytes with page size {ps}")));
+        }
+        let n_pages = u32::try_from(len / ps as u64).map_err(|_| e("bad file", "too many pages".into()))?;
+        tracing::warn!(
+            "replicated: importing {} ({n_pages} pages) as the initial state of the cluster",
+            self.path.display()
+        );
+        let cap = crate::vfs::capture::Captured::whole_file(ps, n_pages);
+        let read = |off: u64, buf: &mut [u8]| std::os::unix::fs::FileExt::read_exact_at(&file, buf, off).is_ok();
+        let (log_id, _) = self.commit(cap, read).map_err(|w| e("committing", w.msg))?;
+        // The database file holds exactly this state (there is no WAL: absorb_existing_wal).
+        self.sm
+            .store
+            .set_marker(Marker {
+                applied: Some(log_id),
+                last_txn: log_id.index,
+            })
+            .map_err(|x| e("recording", x.to_string()))?;
+        self.set_published(log_id, log_id.index);
+        Ok(())
+    }
+
+    /// After an import: adds the other configured peers (learners first, voters once they have
+    /// caught up), in the background since they may not be up yet. Writes wait meanwhile (see
+    /// `begin_write`): the cluster the application configured is not formed until then.
+    fn add_configured_peers(db: &Arc<Database>) -> Result<(), String> {
+        let others: Vec<(NodeId, String)> = db
+            .cfg
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.id != db.cfg.node)
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
+        let weak = Arc::downgrade(db);
+        let marker = db.cfg.data.join(IMPORT_MARKER);
+        let done = move |db: &Database| -> Result<(), String> {
+            std::fs::remove_file(&marker).map_err(|e| format!("removing {}: {e}", marker.display()))?;
+            db.forming.store(false, Ordering::Release);
+            tracing::warn!("replicated: the cluster is formed: node {} and its peers", db.cfg.node);
+            Ok(())
+        };
+        if others.is_empty() {
+            return done(db);
+        }
+        std::thread::Builder::new()
+            .name("replicated-form".into())
+            .spawn(move || {
+                let mut logged = Instant::now();
+                loop {
+                    let Some(db) = weak.upgrade() else { return };
+                    match db.form_once(&others) {
+                        Ok(true) => {
+                            if let Err(e) = done(&db) {
+                                tracing::error!("replicated: {e}");
+                            }
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) if logged.elapsed() > Duration::from_secs(10) => {
+                            tracing::warn!("replicated: forming the cluster: {e}");
+                            logged = Instant::now();
+                        }
+                        Err(_) => {}
+                    }
+                    drop(db);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .map_err(|e| format!("replicated: cannot start the thread that adds peers: {e}"))?;
+        Ok(())
+    }
+
+    /// One step of forming: Ok(true) once every peer is a voter.
+    fn form_once(&self, others: &[(NodeId, String)]) -> Result<bool, String> {
+        let v = self.view();
+        if others.iter().all(|(id, _)| v.members.iter().any(|m| m.0 == *id && m.2)) {
+            return Ok(true);
+        }
+        if v.state != Some(ServerState::Leader) {
+            return Ok(false);
+        }
+        for (id, addr) in others {
+            if !v.members.iter().any(|m| m.0 == *id) {
+                let (r, node, id) = (self.raft.clone(), BasicNode::new(addr.clone()), *id);
+                run_blocking(
+                    async move { r.add_learner(id, node, false).await },
+                    Duration::from_secs(10),
+                )?
+                .map_err(|e| format!("adding node {id}: {e}"))?;
+            }
+        }
+        let v = self.view();
+        let behind: Vec<NodeId> = others
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| v.matched.get(id).is_none_or(|m| *m < v.last_log))
+            .collect();
+        if !behind.is_empty() {
+            return Err(format!("waiting for node(s) {behind:?} to start and catch up"));
+        }
+        let r = self.raft.clone();
+        let change = openraft::ChangeMembers::AddVoterIds(others.iter().map(|(id, _)| *id).collect());
+        run_blocking(
+            async move { r.change_membership(change, false).await },
+            Duration::from_secs(10),
+        )?
+        .map_err(|e| format!("promoting the peers: {e}"))?;
+        Ok(false)
     }
 
     /// The current role, term, leader and progress, read synchronously from openraft's metrics
@@ -626,6 +890,17 @@ impl Database {
             if self.handover.load(Ordering::Acquire) && Instant::now() < deadline {
                 // A leader transfer is under way: after it, this node is most likely a follower.
                 std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            if self.forming.load(Ordering::Acquire) {
+                if Instant::now() >= deadline {
+                    return Err(WriteError::new(
+                        IOERR_NO_LEADER,
+                        "the cluster is being formed: this node's existing database was imported and the \
+                         other peers in 'peers' have not all joined yet (start them; writes wait until they have)",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
             let v = self.view();
@@ -807,6 +1082,10 @@ impl Database {
             }
         };
         failpoint::hit("commit.after_quorum").map_err(fail)?;
+        if cap.is_whole_file() {
+            // Nothing in the WAL: the caller (import_existing) records where the state is.
+            return Ok((log_id, 0));
+        }
         let rec = Record {
             index,
             term,

@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from cluster import Cluster, SqlError
-from util import LIB_SO
+from util import LIB_SO, make_existing_db
 
 pytestmark = pytest.mark.skipif(not LIB_SO.exists(), reason="library not built (run `make`)")
 SQLITE_READONLY = 8
@@ -446,6 +447,52 @@ def test_large_transactions_interrupted_by_kills_are_all_or_nothing(cluster):
     for n in c.alive():
         assert n.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_existing_database_becomes_the_initial_state_of_a_new_cluster(tmp_path):
+    """Node 1 (the lowest id in peers) starts with an existing database, its last transaction still
+    in the -wal file. It imports the database through the log as the cluster's first transaction,
+    as a one-node cluster; writes wait until the peers have joined. Nodes 2 and 3 start empty, are
+    added, rebuild the content from the log, and all end byte-identical. A node added later gets
+    it too, and a node other than the lowest id may not start with an existing database."""
+    c = Cluster(tmp_path / "c", 3, timeout_ms=1000)
+    try:
+        first = c.nodes[1]
+        first.db.parent.mkdir(parents=True)
+        count, total = make_existing_db(first.db, rows=2000)  # ~8 MiB: several parts
+        first.start()
+        assert first.one("select count(*) from old") == count
+        with pytest.raises(SqlError) as e:
+            first.sql("insert into old(r) values(1)")
+        assert e.value.code == SQLITE_IOERR | (105 << 8), e.value
+        assert "being formed" in first.one("select replicated_last_error()")
+        c.nodes[2].start()
+        c.nodes[3].start()
+        c.write("insert into old(r) values(1)", timeout=60)
+        c.sync_all(timeout_ms=30000)
+        for n in c.alive():
+            assert tuple(n.sql("select count(*), sum(r) from old")[0]) == (count + 1, total + 1)
+            assert n.one("pragma integrity_check") == "ok"
+            assert {m["id"] for m in n.status()["members"] if m["voter"]} == {1, 2, 3}
+        assert len(set(c.checkpoint_and_hash().values())) == 1
+        assert not Path(str(first.db) + "-raft", "import").exists()
+        # A node added later replays the import from the log as well.
+        leader = c.leader()
+        c.add_node(4).start()
+        leader.sql("select replicated_add_node(4, ?)", c.addr(4))
+        c.sync_all(timeout_ms=30000)
+        assert c.nodes[4].one("select count(*) from old") == count + 1
+        assert len(set(c.checkpoint_and_hash().values())) == 1
+        # Only the lowest id may bring a database.
+        other = Cluster(tmp_path / "o", 2)
+        other.nodes[2].db.parent.mkdir(parents=True)
+        make_existing_db(other.nodes[2].db, rows=10)
+        with pytest.raises(RuntimeError):
+            other.nodes[2].start()
+        assert "only the node with the lowest id" in (other.nodes[2].db.parent / "node.log").read_text()
+    finally:
+        c.heal()
+        c.stop()
 
 
 SNAP_ENV = {"REPLICATED_SNAPSHOT_EVERY": "30"}

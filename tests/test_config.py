@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from util import LIB, LIB_SO, SECRET, free_port, run_shell
+from util import LIB, LIB_SO, SECRET, free_port, make_existing_db, run_shell
 
 pytestmark = pytest.mark.skipif(not LIB_SO.exists(), reason="library not built (run `make`)")
 
@@ -110,6 +110,22 @@ def test_existing_rollback_database_becomes_initial_state(tmp_path):
                  " PRAGMA journal_mode;")
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.split() == ["42|3", "wal"], p.stdout
+
+
+def test_existing_wal_database_keeps_the_transactions_in_its_wal(tmp_path):
+    """An existing WAL-mode database whose last transaction is only in its -wal file (its last user
+    crashed): the node lets SQLite recover and checkpoint it before reconciling, so nothing is lost."""
+    count, total = make_existing_db(tmp_path / "app.db", rows=100)
+    p = open_uri(tmp_path, good(free_port()), sql="select count(*), sum(r) from old; insert into old(r) values(1);"
+                 " select count(*) from old; pragma integrity_check;")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == [f"{count}|{total}", str(count + 1), "ok"], p.stdout
+
+
+def test_existing_database_with_another_page_size_is_refused(tmp_path):
+    run_shell(f".open {tmp_path}/app.db\nPRAGMA page_size=8192;\ncreate table t(a); insert into t values(1);\n")
+    p = open_uri(tmp_path, good(free_port()))
+    assert "page size is 8192" in p.stdout + p.stderr and "VACUUM" in p.stdout + p.stderr, p.stdout + p.stderr
 
 
 def test_second_process_with_same_node_is_refused(tmp_path):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from util import LIB, LIB_SO, REPO, free_port, repl_uri, run_shell, shell_prelude
+from util import LIB, LIB_SO, REPO, free_port, make_existing_db, repl_uri, run_shell, shell_prelude
 
 pytestmark = pytest.mark.skipif(not LIB_SO.exists(), reason="library not built (run `make`)")
 HOST_PY = "/usr/bin/python3"  # Debian's python: its sqlite3 can load extensions
@@ -280,3 +280,20 @@ def test_crash_before_the_log_fsync(tmp_path):
     assert read_state(uri) == {1, 2}
     run_shell(shell_prelude(uri) + "insert into acked values(3,'c');\n")
     assert read_state(uri) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("point", ["commit.before_propose=crash", "log.after_fsync=4*crash",
+                                   "commit.after_quorum=crash"])
+def test_crash_while_importing_an_existing_database(tmp_path, point):
+    """kill at each step of importing an existing database (several parts): the next start imports
+    it (or finds it imported), nothing is lost, and writes work."""
+    db = tmp_path / "app.db"
+    count, total = make_existing_db(db, rows=1000)
+    uri = repl_uri(db, data=tmp_path / "raft")
+    p = run_shell(shell_prelude(uri) + "select count(*) from old;\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": point})
+    assert p.returncode != 0, "the failpoint did not fire"
+    out = run_shell(shell_prelude(uri) + "select count(*), sum(r) from old;\ninsert into old(r) values(1);\n"
+                    "select count(*) from old;\npragma integrity_check;\n").stdout.split()
+    assert out == [f"{count}|{total}", str(count + 1), "ok"], out
+    assert not (tmp_path / "raft" / "import").exists()

@@ -41,3 +41,28 @@ def run_shell(script: str, *, timeout=120, check=True, env=None, args=()) -> sub
 def shell_prelude(uri: str) -> str:
     """Lines that load the extension and open `uri`, as a user would type them."""
     return f".load {LIB}\n.open '{uri}'\n"
+
+
+EXISTING_DB_SCRIPT = r"""
+import os, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("pragma journal_mode=wal")
+con.execute("create table old(id integer primary key, r, b blob)")
+rows = "with recursive n(i) as (select 1 union all select i + 1 from n where i < {}) "
+con.execute(rows.format(int(sys.argv[2])) + "insert into old(r, b) select random() % 1000000, randomblob(3000) from n")
+con.execute("pragma wal_checkpoint(truncate)")
+con.execute("pragma wal_autocheckpoint=0")
+con.execute(rows.format(200) + "insert into old(r, b) select random() % 1000000, randomblob(100) from n")
+print(con.execute("select count(*), sum(r) from old").fetchone(), flush=True)
+os._exit(0)  # no close: the last transaction stays in the -wal file, as after a crash
+"""
+
+
+def make_existing_db(path, rows=1000):
+    """A plain WAL-mode database (no extension) whose last transaction is only in its -wal file.
+    Returns its (row count, sum of r)."""
+    out = subprocess.run(["/usr/bin/python3", "-c", EXISTING_DB_SCRIPT, str(path), str(rows)],
+                         capture_output=True, text=True, check=True).stdout
+    assert Path(str(path) + "-wal").stat().st_size > 0, "the -wal file should hold the last transaction"
+    count, total = out.strip("()\n").split(", ")
+    return int(count), int(total)

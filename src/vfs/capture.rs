@@ -53,14 +53,39 @@ enum Body {
     Inline { pgnos: Vec<u32>, pages: Vec<u8> },
     /// (page number, frame number of its last image), ascending by page: read by `take_part`.
     Streamed { frames: Vec<(u32, u32)> },
+    /// Every page of a database file (an existing database imported as a cluster's initial state).
+    File { n_pages: u32 },
 }
 
 impl Captured {
+    /// The whole database file as one transaction of pages 1..=`n_pages`, for `take_part` to read
+    /// from the file itself (`read_at` at `(pgno - 1) * page_size`). It has no WAL position.
+    pub fn whole_file(page_size: u32, n_pages: u32) -> Captured {
+        Captured {
+            page_size,
+            db_size: n_pages,
+            pos: WalPos {
+                salt: [0; 8],
+                first_frame: 0,
+                commit_frame: 0,
+                commit_cksum: (0, 0),
+            },
+            hdr: WalHeader::new(page_size, 0, [0; 8]),
+            body: Body::File { n_pages },
+        }
+    }
+
+    /// Made by `whole_file` (not from the WAL).
+    pub fn is_whole_file(&self) -> bool {
+        matches!(self.body, Body::File { .. })
+    }
+
     /// Distinct pages the transaction writes (at most the database size).
     pub fn page_count(&self) -> usize {
         match &self.body {
             Body::Inline { pgnos, .. } => pgnos.len(),
             Body::Streamed { frames } => frames.len(),
+            Body::File { n_pages } => *n_pages as usize,
         }
     }
 
@@ -109,6 +134,20 @@ impl Captured {
                     pages.extend_from_slice(&frame[FRAME_HDR..]);
                 }
                 Ok((pgnos, pages))
+            }
+            Body::File { n_pages } => {
+                let r = range(*n_pages as usize);
+                let mut pages = vec![0u8; r.len() * ps];
+                for (i, page) in pages.chunks_exact_mut(ps).enumerate() {
+                    let pgno = r.start + i + 1;
+                    if !read_at((pgno as u64 - 1) * ps as u64, page) {
+                        return Err(CaptureError::Io(
+                            ffi::SQLITE_IOERR_READ,
+                            format!("page {pgno} of the database file is unreadable"),
+                        ));
+                    }
+                }
+                Ok((r.map(|i| i as u32 + 1).collect(), pages))
             }
         }
     }
