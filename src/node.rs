@@ -687,6 +687,11 @@ impl Database {
     /// the import is proposed again unless one was applied (then the next is skipped by the base
     /// rule anyway).
     fn import_existing(&self) -> Result<(), String> {
+        if self.sm.last_txn.load(Ordering::Acquire) > 0 {
+            // Imported before a restart (reconcile replayed it, or the marker says so); the peers
+            // may have joined since, and another node may lead.
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let v = self.view();
@@ -702,9 +707,6 @@ impl Database {
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.sm.last_txn.load(Ordering::Acquire) > 0 {
-            return Ok(()); // imported before a crash (reconcile replayed it)
         }
         let e = |what: &str, err: String| format!("replicated: importing {}: {what}: {err}", self.path.display());
         let file = std::fs::File::open(&self.path).map_err(|x| e("opening", x.to_string()))?;

@@ -483,6 +483,15 @@ def test_existing_database_becomes_the_initial_state_of_a_new_cluster(tmp_path):
         c.sync_all(timeout_ms=30000)
         assert c.nodes[4].one("select count(*) from old") == count + 1
         assert len(set(c.checkpoint_and_hash().values())) == 1
+        # Node 1 restarts with its import marker still there (a crash before it was removed)
+        # while another node leads: it finds the import done and the peers joined.
+        first.kill()
+        Path(str(first.db) + "-raft", "import").write_text("left by a crash\n")
+        c.write("insert into old(r) values(1)", timeout=30)
+        first.start()
+        c.sync_all(timeout_ms=30000)
+        assert first.one("select count(*) from old") == count + 2
+        assert not Path(str(first.db) + "-raft", "import").exists()
         # Only the lowest id may bring a database.
         other = Cluster(tmp_path / "o", 2)
         other.nodes[2].db.parent.mkdir(parents=True)
