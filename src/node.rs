@@ -709,13 +709,8 @@ impl Database {
             std::thread::sleep(Duration::from_millis(5));
         }
         let e = |what: &str, err: String| format!("replicated: importing {}: {what}: {err}", self.path.display());
+        let ps = page_size_of(&self.path)?;
         let file = std::fs::File::open(&self.path).map_err(|x| e("opening", x.to_string()))?;
-        let mut hdr = [0u8; 100];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut hdr, 0).map_err(|x| e("reading", x.to_string()))?;
-        let ps = match u16::from_be_bytes([hdr[16], hdr[17]]) {
-            1 => 65536u32,
-            n => n as u32,
-        };
         let len = file.metadata().map_err(|x| e("stat", x.to_string()))?.len();
         if !(512..=65536).contains(&ps) || !ps.is_power_of_two() || len % ps as u64 != 0 {
             return Err(e("bad file", format!("{len} bytes with page size {ps}")));
