@@ -507,6 +507,21 @@ def test_existing_database_becomes_the_initial_state_of_a_new_cluster(tmp_path):
 SNAP_ENV = {"REPLICATED_SNAPSHOT_EVERY": "30"}
 
 
+def write_until_purged(c, others):
+    """Writes rows into t(v) through the leader of `others` until it has purged its log past index
+    40 (at most 3000 rows); returns how many rows it wrote and the leader's last status. openraft purges only when no replication
+    stream has the range in flight, so the writes go on until the purge has happened."""
+    rows = 0
+    while rows < 3000:
+        for _ in range(50):
+            c.leader(among=others).sql("insert into t(v) values(?)", f"row {rows}")
+            rows += 1
+        st = c.leader(among=others).status()
+        if st["purged_index"] and st["purged_index"] > 40:
+            break
+    return rows, st
+
+
 @pytest.mark.skipif(not HAVE_IPTABLES, reason="needs root and iptables")
 def test_lagging_follower_receives_a_snapshot(cluster):
     """The leader snapshots and purges its log; a follower cut off for longer than the log it kept
@@ -525,17 +540,7 @@ def test_lagging_follower_receives_a_snapshot(cluster):
     reader.stdin.flush()
     before = [reader.stdout.readline().strip() for _ in range(2)]
     c.isolate(lagger.id)
-    # openraft purges only when no replication stream has the range in flight, so keep writing
-    # until the leader has purged past what the lagger has (bounded).
-    rows = 0
-    others = [n for n in c.alive() if n.id != lagger.id]
-    while rows < 3000:
-        for _ in range(50):
-            c.leader(among=others).sql("insert into t(v) values(?)", f"row {rows}")
-            rows += 1
-        st = c.leader(among=others).status()
-        if st["purged_index"] and st["purged_index"] > 40:
-            break
+    rows, st = write_until_purged(c, [n for n in c.alive() if n.id != lagger.id])
     assert st["snapshot_index"] and st["purged_index"], st
     c.heal()
     c.sync_all(timeout_ms=30000)
@@ -746,14 +751,7 @@ def test_crash_while_installing_a_snapshot(cluster, point):
     c.sync_all()
     c.isolate(lagger.id)
     others = [n for n in c.alive() if n.id != lagger.id]
-    rows = 0
-    while rows < 3000:
-        for _ in range(50):
-            c.leader(among=others).sql("insert into t(v) values(?)", f"row {rows}")
-            rows += 1
-        st = c.leader(among=others).status()
-        if st["purged_index"] and st["purged_index"] > 40:
-            break
+    rows, _ = write_until_purged(c, others)
     c.heal()
     if point.endswith("=pause"):
         def shown(node, phase):
