@@ -23,6 +23,7 @@ pub mod net;
 pub mod node;
 pub mod raft;
 pub mod reconcile;
+pub mod runtime;
 pub mod sql;
 pub mod vfs;
 pub mod wal;

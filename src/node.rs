@@ -1,9 +1,8 @@
 //! One Raft group per replicated database: start, write gating, the blocking commit, status.
 //!
 //! This is the hub `vfs/` and `sql/` call; it is the only module that drives openraft's `Raft`.
-//! Threads: SQLite threads never enter the tokio runtime. They hand work to it and wait on a
-//! bounded crossbeam channel with a deadline (`timeout_ms`). The runtime (2 workers) is built
-//! lazily at the first replicated open — never in the extension's entry point.
+//! Threads: SQLite threads never enter the tokio runtime (runtime.rs: one thread). They hand work
+//! to it and wait with a deadline (`timeout_ms`).
 //!
 //! Invariants:
 //! - At most one node per database path per process (registry), and per data directory across
@@ -147,17 +146,7 @@ pub struct Database {
 // ---- process-wide state -------------------------------------------------------------------------
 
 fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("replicated-rt")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("replicated: cannot start the runtime: {e}"))
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+    crate::runtime::get()
 }
 
 fn init_logging() {
@@ -977,6 +966,7 @@ impl Database {
                 ..header.clone_header()
             })
         };
+        crate::runtime::busy();
         let first = part(0, &mut cap)?;
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         let pending = PendingCommit::new(txn_id, Instant::now() + timeout);
@@ -1049,7 +1039,8 @@ impl Database {
             }
         }
         drop(more);
-        let decided = {
+        // While a one-part commit is fast, polling costs less than being woken (runtime.rs).
+        let decided = crate::runtime::await_decision(&pending, || {
             let mut s = pending.state.lock();
             while *s == PendingState::Waiting {
                 let deadline = pending.deadline();
@@ -1063,7 +1054,7 @@ impl Database {
                 *s = PendingState::Abandoned;
             }
             s.clone()
-        };
+        });
         *self.sm.pending.lock() = None;
         let (index, term, log_id) = match decided {
             PendingState::Claimed { log_id } => (log_id.index, log_id.leader_id.term, log_id),

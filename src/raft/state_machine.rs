@@ -53,6 +53,8 @@ pub struct PendingCommit {
     deadline: Mutex<std::time::Instant>,
     pub state: Mutex<PendingState>,
     pub decided: parking_lot::Condvar,
+    /// Set with the state leaving Waiting, for a committer that polls before it sleeps.
+    pub is_decided: std::sync::atomic::AtomicBool,
 }
 
 impl PendingCommit {
@@ -62,6 +64,7 @@ impl PendingCommit {
             deadline: Mutex::new(deadline),
             state: Mutex::new(PendingState::Waiting),
             decided: parking_lot::Condvar::new(),
+            is_decided: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -82,7 +85,9 @@ impl PendingCommit {
             return false;
         }
         *s = to;
+        self.is_decided.store(true, std::sync::atomic::Ordering::Release);
         self.decided.notify_all();
+        crate::runtime::busy();
         true
     }
 }
