@@ -71,6 +71,16 @@ impl WriteError {
 /// most this many times `PART_BYTES` of pages are in flight for one commit on the leader.
 const PROPOSE_WINDOW: usize = 8;
 
+/// Eager AppendEntries (log_store.rs, EAGER REPLICATION) unanswered at once, over all followers:
+/// at this bound further batches go only through openraft's replication (a slow follower cannot
+/// pile up sends; memory stays under EAGER_IN_FLIGHT * EAGER_BYTES).
+const EAGER_IN_FLIGHT: usize = 8;
+/// A follower whose matched index (openraft's metrics, which may lag a little) is further than this
+/// behind the batch cannot use it: it gets only openraft's replication.
+const EAGER_LAG: u64 = 4;
+/// How long an eager send may take; its answer is not used, so this only bounds the task.
+const EAGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What an answer to one proposed part says about the commit: None = go on.
 fn part_failure(
     r: Result<
@@ -659,6 +669,8 @@ impl Database {
             _lock: lock,
         });
         applier.attach(Arc::downgrade(&db));
+        db.log
+            .set_eager(db.cfg.node, Database::eager_sender(Arc::downgrade(&db)));
         if db.cfg.ack == crate::config::Ack::Apply {
             Database::report_applied_to_leader(&db)?;
         }
@@ -966,10 +978,13 @@ impl Database {
                 ..header.clone_header()
             })
         };
-        crate::runtime::busy();
+        let alone = self.metrics.borrow().membership_config.membership().nodes().count() <= 1;
+        if alone {
+            crate::runtime::busy();
+        }
         let first = part(0, &mut cap)?;
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
-        let pending = PendingCommit::new(txn_id, Instant::now() + timeout);
+        let pending = PendingCommit::new(txn_id, Instant::now() + timeout, alone);
         *self.sm.pending.lock() = Some(pending.clone());
         let (raft, answer) = (self.raft.clone(), pending.clone());
         let (more, mut queued) = tokio::sync::mpsc::channel::<Txn>(PROPOSE_WINDOW);
@@ -1086,6 +1101,55 @@ impl Database {
         self.record_applied(&rec);
         failpoint::hit("commit.after_record").map_err(fail)?;
         Ok((log_id, cap.pos.commit_frame))
+    }
+
+    /// Sends a leader's batch to the followers that are caught up, before its fsync (see
+    /// log_store.rs, EAGER REPLICATION). Runs inside the Raft core's append, on the runtime
+    /// thread: it only spawns the sends. Their answers are dropped; openraft's own request for the
+    /// same entries, answered from what the follower then holds, is what counts.
+    fn eager_sender(weak: std::sync::Weak<Database>) -> crate::raft::log_store::EagerSend {
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        Box::new(move |first, build| {
+            let Some(db) = weak.upgrade() else { return false };
+            let targets: Vec<(NodeId, String)> = {
+                let m = db.metrics.borrow();
+                let Some(repl) = m.replication.as_ref() else {
+                    return false;
+                };
+                let mem = m.membership_config.membership();
+                // openraft's progress lists the leader itself too.
+                repl.iter()
+                    .filter(|(id, _)| **id != db.cfg.node)
+                    .filter(|(_, matched)| matched.map_or(0, |l| l.index).saturating_add(EAGER_LAG) >= first)
+                    .filter_map(|(id, _)| mem.get_node(id).map(|n| (*id, n.addr.clone())))
+                    .collect()
+            };
+            if targets.is_empty() {
+                return false;
+            }
+            let Some(req) = build() else { return false };
+            let Ok(rt) = runtime() else { return false };
+            let Ok(body) = crate::raft::network::encode(&req) else {
+                return false;
+            };
+            let body: Arc<[u8]> = body.into();
+            let mut sent = false;
+            for (id, addr) in targets {
+                if in_flight.fetch_add(1, Ordering::AcqRel) >= EAGER_IN_FLIGHT {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                }
+                let (t, body, in_flight) = (db.transport.clone(), body.clone(), in_flight.clone());
+                rt.spawn(async move {
+                    let _ = t
+                        .call(id, &addr, crate::raft::network::APPEND, &body, EAGER_TIMEOUT)
+                        .await;
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                });
+                sent = true;
+            }
+            sent
+        })
     }
 
     /// Followers tell the leader how far they have applied (for `ack=apply`; every node of a

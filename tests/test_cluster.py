@@ -5,6 +5,7 @@ leader; followers apply through the wal-index protocol and serve reads; kill -9,
 iptables partitions try to lose acknowledged commits, show uncommitted ones, or make nodes diverge.
 """
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -166,6 +167,53 @@ def test_follower_killed_mid_apply_recovers(cluster):
     c.sync_all()
     assert victim.one("select count(*) from t") == 10
     assert victim.one("pragma integrity_check") == "ok"
+
+
+def test_leader_replicates_before_its_own_fsync(cluster):
+    """Eager replication (log_store.rs): a leader hands a small entry to its followers before its
+    own fsync. A leader stuck there (failpoint: its runtime thread blocks) never acknowledges the
+    write, yet the followers hold it, so the two of them elect a leader that commits it; the
+    stuck node, killed and restarted, converges with them byte for byte."""
+    import json as _json
+    c = cluster(3)
+    c.leader().sql("create table t(a)")
+    c.sync_all()
+    f = c.followers()[0]
+    f.kill()
+    f.start(env={"REPLICATED_FAILPOINTS": "log.eager_sent=pause"})
+    c.sync_all()
+    assert c.leader().one("select replicated_transfer_leader(?)", f.id) == f.id
+    assert c.leader().id == f.id
+    others = [n for n in c.alive() if n is not f]
+    deadline = time.time() + 10
+    while True:  # eager sends go only to followers known to be caught up
+        st = f.status()
+        if all(m["matched_index"] == st["last_log_index"] for m in st["members"]):
+            break
+        assert time.time() < deadline, st
+        time.sleep(0.02)
+    # The write blocks inside f (no answer will come): send it without waiting.
+    f.proc.stdin.write(_json.dumps({"id": 10 ** 6, "sql": "insert into t values(42)", "args": [],
+                                    "script": False}) + "\n")
+    f.proc.stdin.flush()
+    deadline = time.time() + 20
+    while True:
+        try:
+            new = c.leader(among=others, timeout=1)
+            new.one("select replicated_sync(2000)")
+            if new.one("select count(*) from t where a = 42") == 1:
+                break
+        except (SqlError, AssertionError):
+            pass
+        assert time.time() < deadline, "the majority did not commit the entry the stuck leader sent"
+        time.sleep(0.1)
+    assert not select.select([f.proc.stdout], [], [], 0)[0], "the stuck leader answered the write"
+    f.kill()
+    f.start()
+    c.sync_all()
+    assert {n.one("select count(*) from t where a = 42") for n in c.alive()} == {1}
+    assert all(n.one("pragma integrity_check") == "ok" for n in c.alive())
+    assert len(set(c.checkpoint_and_hash().values())) == 1
 
 
 @pytest.mark.skipif(not HAVE_IPTABLES, reason="needs root and iptables")

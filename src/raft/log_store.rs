@@ -83,18 +83,37 @@
 //! zeros and records never overlap. Truncate moves `alloc` back under the same lock, and a job
 //! whose start is no longer `alloc` is dropped.
 //!
+//! EAGER REPLICATION (a leader's appends)
+//!
+//! openraft 0.9 awaits the leader's own fsync before it replicates an entry, so a commit paid two
+//! fsyncs in a row: the leader's, then a follower's. With an `EagerSend` set (the node sets one),
+//! an append made under this node's own committed vote -- a leader's: only the leader of a term
+//! appends under a committed vote naming itself -- hands the batch, written but not yet synced, to
+//! the followers as a genuine AppendEntries request (that vote, the log id before the batch, the
+//! committed id), yields once so that the runtime puts it on the wire, and only then fsyncs. The
+//! followers append it as they would openraft's own request, their fsync overlapping the
+//! leader's; when openraft's request for the same entries arrives they hold them already and
+//! answer at once. Safety is unchanged: openraft counts this node only after its fsync and a
+//! follower only after it answered openraft's own request (the eager answers are dropped), and
+//! Raft allows a leader to write its log in parallel with replicating it. An eager request that
+//! does not fit a follower's log (it lags, or a newer leader exists) is refused there like any
+//! stale AppendEntries. Only batches of at most EAGER_BYTES go this way: for larger ones, sending
+//! twice cost more than the overlap saved (measured: 1000-row transactions 15% slower).
+//!
 //! BOUNDS
 //!
 //! A record payload is at most MAX_RECORD_BYTES; a larger length field is corruption and append
 //! refuses a larger entry. The index costs about 40 bytes of memory per entry (no entry bytes).
 //! `append` syncs inline before it calls the callback: openraft 0.9 awaits that callback before
-//! it does anything else, so a flusher thread would add two thread hand-offs per commit and no
-//! concurrency. `limited_get_log_entries` returns at most READ_BUDGET bytes of entries
+//! it does anything else, so a flusher thread would add two thread hand-offs per commit (measured
+//! with eager sends too: no faster than syncing inline after the yield).
+//! `limited_get_log_entries` returns at most READ_BUDGET bytes of entries
 //! (but always at least one). The last RECENT_ENTRIES entries appended (each at most
 //! RECENT_ENTRY_BYTES encoded) are also kept decoded, so that applying and replicating an entry
 //! just appended reads nothing back; truncate and purge drop what they remove from it.
 
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use openraft::raft::AppendEntriesRequest;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
 use parking_lot::RwLock;
@@ -128,6 +147,8 @@ const ZERO_CHUNK: usize = 256 << 10;
 /// fits, so a large transaction's parts are read back from the file only once evicted.
 const RECENT_ENTRIES: usize = 8;
 const RECENT_ENTRY_BYTES: usize = 1 << 20;
+/// Largest batch (encoded) an append hands to the followers before its own fsync.
+pub const EAGER_BYTES: usize = 64 << 10;
 /// `committed` is written at most this often (a pwrite on the commit path otherwise).
 const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 const VOTE: &str = "vote";
@@ -154,7 +175,16 @@ struct Inner {
     zeroing: Arc<parking_lot::Mutex<()>>,
     /// The zeroing thread's queue (one job at most), started with the first job.
     zeroer: parking_lot::Mutex<Option<crossbeam_channel::Sender<ZeroJob>>>,
+    /// This node's id and how to reach its followers (EAGER REPLICATION).
+    eager: parking_lot::Mutex<Option<(NodeId, Arc<EagerSend>)>>,
 }
+
+/// Sends a leader's AppendEntries request for the batch starting at the given index to the
+/// followers that can use it, without waiting for any answer; the request is built (by the
+/// closure passed, None if the batch is too large) only if there is such a follower. Returns
+/// whether it went to at least one (EAGER REPLICATION). Must not block.
+pub type EagerSend =
+    Box<dyn Fn(u64, &mut dyn FnMut() -> Option<AppendEntriesRequest<TypeConfig>>) -> bool + Send + Sync>;
 
 /// Zeros to write ahead of a segment's records: `[from, to)`, if `alloc` is still `from`.
 struct ZeroJob {
@@ -706,7 +736,43 @@ impl LogStore {
                 purge_guard: parking_lot::Mutex::new(None),
                 zeroing: Arc::new(parking_lot::Mutex::new(())),
                 zeroer: parking_lot::Mutex::new(None),
+                eager: parking_lot::Mutex::new(None),
             }),
+        })
+    }
+
+    /// Lets appends under `node`'s own committed vote reach the followers before their fsync.
+    pub fn set_eager(&self, node: NodeId, send: EagerSend) {
+        *self.inner.eager.lock() = Some((node, Arc::new(send)));
+    }
+
+    /// Hands `batch`, just written after `prev`, to the followers if this is a leader's append
+    /// and a sender is set (EAGER REPLICATION); true when it went to at least one.
+    fn send_eagerly(&self, prev: Option<LogId>, batch: &[Entry]) -> bool {
+        let Some((node, send)) = self.inner.eager.lock().clone() else {
+            return false;
+        };
+        let (vote, committed) = {
+            let st = self.inner.state.read();
+            (st.vote, st.committed)
+        };
+        let Some(vote) = vote.filter(|v| v.committed && v.leader_id.node_id == node) else {
+            return false; // not this node's own term: a follower's append
+        };
+        let Some(first) = batch.first().map(|e| e.log_id.index) else {
+            return false;
+        };
+        if prev.map_or(0, |l| l.index.saturating_add(1)) != first {
+            return false; // an empty log starting past 0: no predecessor to name
+        }
+        send(first, &mut || {
+            let size = postcard::experimental::serialized_size(batch).ok()?;
+            (size <= EAGER_BYTES).then(|| AppendEntriesRequest {
+                vote,
+                prev_log_id: prev,
+                entries: batch.to_vec(),
+                leader_commit: committed,
+            })
         })
     }
 
@@ -1041,6 +1107,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let batch: Vec<Entry> = entries.into_iter().collect();
+        let prev = self.last_log_id();
         let mut retried = false;
         let r = self
             .until_space("appending to the Raft log", || {
@@ -1066,7 +1133,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             dir = Some(self.inner.dir.clone());
         }
-        flush(FlushJob { files, dir, callback }, &self.inner.failed);
+        let job = FlushJob { files, dir, callback };
+        if !retried && self.send_eagerly(prev, &batch) {
+            // Let the runtime put the sends on the wire before this thread blocks in the fsync.
+            tokio::task::yield_now().await;
+            let txn = |e: &Entry| matches!(e.payload, openraft::EntryPayload::Normal(_));
+            if batch.iter().any(txn) {
+                if let Err(e) = crate::failpoint::hit("log.eager_sent") {
+                    return Err(Self::fail_append(job.callback, e));
+                }
+            }
+        }
+        flush(job, &self.inner.failed);
         Ok(())
     }
 
@@ -1344,6 +1422,64 @@ mod tests {
         drop(s);
         let mut s = LogStore::open(d.path()).unwrap();
         assert_eq!(s.try_get_log_entries(4..7).await.unwrap(), want);
+    }
+
+    /// EAGER REPLICATION: only appends under this node's own committed vote are handed over,
+    /// as an AppendEntries request naming the entry before them and the committed id, and only
+    /// batches of at most EAGER_BYTES; the entries are durable once the append completes.
+    #[tokio::test]
+    async fn eager_send_only_for_own_committed_vote() {
+        type Sent = Arc<parking_lot::Mutex<Vec<AppendEntriesRequest<TypeConfig>>>>;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store_with(d.path(), (0..3).map(|i| ent(1, i)).collect::<Vec<_>>()).await;
+        let sent: Sent = Default::default();
+        let (log, asked) = (sent.clone(), Arc::new(AtomicU64::new(0)));
+        let asked2 = asked.clone();
+        s.set_eager(
+            1,
+            Box::new(move |first, build| {
+                asked2.fetch_add(1, SeqCst);
+                assert!(first > 0);
+                match build() {
+                    Some(req) => {
+                        log.lock().push(req);
+                        true
+                    }
+                    None => false,
+                }
+            }),
+        );
+        // A follower's append: the vote names another node, or is not committed.
+        s.save_vote(&Vote::new_committed(2, 2)).await.unwrap();
+        s.blocking_append(vec![ent(2, 3)]).await.unwrap();
+        s.save_vote(&Vote::new(3, 1)).await.unwrap();
+        s.blocking_append(vec![ent(2, 4)]).await.unwrap();
+        assert_eq!(asked.load(SeqCst), 0);
+        // This node leads term 3.
+        let vote = Vote::new_committed(3, 1);
+        s.save_vote(&vote).await.unwrap();
+        s.save_committed(Some(log_id(2, 1, 4))).await.unwrap();
+        let batch: Vec<Entry> = (5..7).map(|i| ent(3, i)).collect();
+        s.blocking_append(batch.clone()).await.unwrap();
+        {
+            let sent = sent.lock();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].vote, vote);
+            assert_eq!(sent[0].prev_log_id, Some(log_id(2, 1, 4)));
+            assert_eq!(sent[0].leader_commit, Some(log_id(2, 1, 4)));
+            assert_eq!(sent[0].entries, batch);
+        }
+        // Too large: asked, not built, fsynced inline.
+        let mut big = txn(7);
+        big.log_id = log_id(3, 1, 7);
+        if let EntryPayload::Normal(Request::Txn(t)) = &mut big.payload {
+            t.pages = vec![7; EAGER_BYTES];
+        }
+        s.blocking_append(vec![big.clone()]).await.unwrap();
+        assert_eq!((asked.load(SeqCst), sent.lock().len()), (2, 1));
+        drop(s);
+        let mut s = LogStore::open(d.path()).unwrap();
+        assert_eq!(s.try_get_log_entries(5..8).await.unwrap(), [batch, vec![big]].concat());
     }
 
     #[tokio::test]

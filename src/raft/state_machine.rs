@@ -55,16 +55,19 @@ pub struct PendingCommit {
     pub decided: parking_lot::Condvar,
     /// Set with the state leaving Waiting, for a committer that polls before it sleeps.
     pub is_decided: std::sync::atomic::AtomicBool,
+    /// The database is its cluster's only member: the decision marks the runtime busy (runtime.rs).
+    alone: bool,
 }
 
 impl PendingCommit {
-    pub fn new(txn_id: u64, deadline: std::time::Instant) -> Arc<PendingCommit> {
+    pub fn new(txn_id: u64, deadline: std::time::Instant, alone: bool) -> Arc<PendingCommit> {
         Arc::new(PendingCommit {
             txn_id,
             deadline: Mutex::new(deadline),
             state: Mutex::new(PendingState::Waiting),
             decided: parking_lot::Condvar::new(),
             is_decided: std::sync::atomic::AtomicBool::new(false),
+            alone,
         })
     }
 
@@ -87,7 +90,9 @@ impl PendingCommit {
         *s = to;
         self.is_decided.store(true, std::sync::atomic::Ordering::Release);
         self.decided.notify_all();
-        crate::runtime::busy();
+        if self.alone {
+            crate::runtime::busy();
+        }
         true
     }
 }
