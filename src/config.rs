@@ -38,7 +38,7 @@ const KEYS: &[&str] = &[
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 /// Tuned for a LAN: fail-over (detection + election) well under a second.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
-pub const DEFAULT_ELECTION_MS: u64 = 150;
+pub const DEFAULT_ELECTION_MS: u64 = 100;
 pub const MIN_SECRET_LEN: usize = 16;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -347,11 +347,11 @@ impl Config {
         };
         let election_ms = match get("election_ms") {
             Some(v) => parse_u64("election_ms", v, 20, 600_000)?,
-            None => DEFAULT_ELECTION_MS.max(heartbeat_ms * 3),
+            None => DEFAULT_ELECTION_MS.max(heartbeat_ms * 2),
         };
-        if election_ms < heartbeat_ms * 3 {
+        if election_ms < heartbeat_ms * 2 {
             return err(format!(
-                "bad value for 'election_ms': {election_ms} must be at least 3 x heartbeat_ms ({heartbeat_ms})"
+                "bad value for 'election_ms': {election_ms} must be at least 2 x heartbeat_ms ({heartbeat_ms})"
             ));
         }
         let data = match get("data") {
@@ -492,7 +492,7 @@ mod tests {
             (with(&[("timeout_ms", "0")]), "'timeout_ms'"),
             (with(&[("timeout_ms", "soon")]), "'timeout_ms'"),
             (with(&[("data", "")]), "'data'"),
-            (with(&[("election_ms", "100"), ("heartbeat_ms", "50")]), "'election_ms'"),
+            (with(&[("election_ms", "90"), ("heartbeat_ms", "50")]), "'election_ms'"),
             (with(&[("heartbeat_ms", "1")]), "'heartbeat_ms'"),
             (with(&[("bogus", "1")]), "'bogus'"),
             (with(&[("immutable", "1")]), "'immutable'"),
