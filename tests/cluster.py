@@ -97,11 +97,15 @@ class Node:
     def resume(self):
         os.killpg(self.proc.pid, signal.SIGCONT)
 
-    def sql(self, sql, *args, script=False):
-        """Runs one statement on this node; returns rows or raises SqlError."""
+    def submit(self, sql, *args, script=False):
+        """Sends one statement to this node without waiting for its answer."""
         self._seq += 1
         self.proc.stdin.write(json.dumps({"id": self._seq, "sql": sql, "args": list(args), "script": script}) + "\n")
         self.proc.stdin.flush()
+
+    def sql(self, sql, *args, script=False):
+        """Runs one statement on this node; returns rows or raises SqlError."""
+        self.submit(sql, *args, script=script)
         line = self.proc.stdout.readline()
         if not line:
             raise SqlError(f"node {self.id} died", -1)

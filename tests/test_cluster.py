@@ -174,7 +174,6 @@ def test_leader_replicates_before_its_own_fsync(cluster):
     own fsync. A leader stuck there (failpoint: its runtime thread blocks) never acknowledges the
     write, yet the followers hold it, so the two of them elect a leader that commits it; the
     stuck node, killed and restarted, converges with them byte for byte."""
-    import json as _json
     c = cluster(3)
     c.leader().sql("create table t(a)")
     c.sync_all()
@@ -192,10 +191,7 @@ def test_leader_replicates_before_its_own_fsync(cluster):
             break
         assert time.time() < deadline, st
         time.sleep(0.02)
-    # The write blocks inside f (no answer will come): send it without waiting.
-    f.proc.stdin.write(_json.dumps({"id": 10 ** 6, "sql": "insert into t values(42)", "args": [],
-                                    "script": False}) + "\n")
-    f.proc.stdin.flush()
+    f.submit("insert into t values(42)")  # it blocks inside f: no answer will come
     deadline = time.time() + 20
     while True:
         try:
