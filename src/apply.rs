@@ -248,15 +248,47 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>, stalled: Arc<Mutex<Op
                 let _ = reply.send(r);
             }
             Job::Build { reply } => {
-                let r = ready.and_then(|d| {
+                let pinned = ready.and_then(|d| {
                     let c = conn.as_mut().ok_or("no connection")?;
                     until_space(&stalled, "building a snapshot", || {
                         crate::ffi::guard(Err("panic while building a snapshot".into()), || {
-                            c.build_snapshot(&path, &d)
+                            c.pin_snapshot(&path, &d)
                         })
                     })
                 });
-                let _ = reply.send(r);
+                // The copy takes as long as the database is large: it runs beside the applies.
+                // openraft builds one snapshot at a time, so at most one such thread runs.
+                match pinned {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok(p) => {
+                        let stalled = stalled.clone();
+                        type Handover = (
+                            Pinned,
+                            tokio::sync::oneshot::Sender<Result<(PathBuf, StoredMeta), String>>,
+                        );
+                        let (tx, rx) = crossbeam_channel::bounded::<Handover>(1);
+                        let spawned = std::thread::Builder::new()
+                            .name("replicated-snapshot".into())
+                            .spawn(move || {
+                                let Ok((p, reply)) = rx.recv() else { return };
+                                let r = crate::ffi::guard(Err("panic while copying a snapshot".into()), || {
+                                    Pinned::copy(p, &stalled)
+                                });
+                                let _ = reply.send(r);
+                            });
+                        match spawned {
+                            Ok(_) => {
+                                let _ = tx.send((p, reply));
+                            }
+                            Err(e) => {
+                                drop(p);
+                                let _ = reply.send(Err(format!("cannot start a snapshot thread: {e}")));
+                            }
+                        }
+                    }
+                }
             }
             Job::Install { image, stored, reply } => {
                 let r = ready.and_then(|d| {
@@ -315,13 +347,10 @@ struct Conn {
     db: *mut ffi::sqlite3,
     main: *mut ffi::sqlite3_file,
     wal: *mut ffi::sqlite3_file,
-    /// A second connection whose read transaction pins a snapshot while it is copied.
-    snap: Option<Box<Conn>>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        drop(self.snap.take());
         // SAFETY: the connection was opened by us and is used by this thread only.
         unsafe { ffi::sqlite3_close(self.db) };
     }
@@ -344,6 +373,60 @@ fn hdr_cksum(h: &Hdr) -> (u32, u32) {
     checksum(&b, (0, 0), cfg!(target_endian = "big"))
 }
 
+/// A snapshot being built: the connection whose read transaction pins frames 1..=`mx`, and
+/// what the image will be.
+struct Pinned {
+    conn: Conn,
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    data: PathBuf,
+    mx: u32,
+    n_page: u32,
+    page_size: u32,
+    stored: StoredMeta,
+}
+
+// SAFETY: the connection was opened with SQLITE_OPEN_NOMUTEX, which allows any one thread at a
+// time to use it; a Pinned moves whole to the copying thread and nothing else keeps its pointers.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    /// Copies the pinned image into `snapshots/` and makes it the current snapshot; ends the read
+    /// transaction (and closes its connection) when done, whatever the outcome.
+    fn copy(self, stalled: &Mutex<Option<String>>) -> Result<(PathBuf, StoredMeta), String> {
+        let index = self.stored.meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let tmp = snapshot::dir(&self.data).join(format!("building-{index}"));
+        let copied = until_space(stalled, "building a snapshot", || {
+            std::fs::create_dir_all(snapshot::dir(&self.data))
+                .and_then(|()| {
+                    snapshot::copy_image(
+                        &self.db_path,
+                        &self.wal_path,
+                        self.mx,
+                        self.n_page,
+                        self.page_size,
+                        &tmp,
+                    )
+                })
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp); // a partial copy only takes space
+                    format!("{}snapshot: copying the database: {e}", full_prefix(&e))
+                })
+        });
+        let _ = self.conn.exec(c"COMMIT");
+        drop(self.conn);
+        copied?;
+        let image = until_space(stalled, "saving a snapshot", || {
+            snapshot::commit(&self.data, &tmp, &self.stored)
+                .map_err(|e| format!("{}snapshot: saving: {e}", full_prefix(&e)))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+        Ok((image, self.stored))
+    }
+}
+
 impl Conn {
     fn open(path: &str, db: &Arc<Database>) -> Result<Conn, String> {
         let p = CString::new(path).map_err(|e| e.to_string())?;
@@ -363,7 +446,6 @@ impl Conn {
             db: h,
             main: ptr::null_mut(),
             wal: ptr::null_mut(),
-            snap: None,
         };
         if rc != ffi::SQLITE_OK {
             return Err(format!("applier: cannot open {path}: {}", conn.errmsg()));
@@ -707,16 +789,11 @@ impl Conn {
         Ok(new_mx)
     }
 
-    /// The snapshot connection (opened at first use).
-    fn snap_conn(&mut self, path: &str, db: &Arc<Database>) -> Result<&Conn, String> {
-        if self.snap.is_none() {
-            self.snap = Some(Box::new(Conn::open(path, db)?));
-        }
-        self.snap.as_deref().ok_or_else(|| "no snapshot connection".into())
-    }
-
-    /// See raft/snapshot.rs: pin what is published under the write lock, then copy it.
-    fn build_snapshot(&mut self, path: &str, db: &Arc<Database>) -> Result<(PathBuf, StoredMeta), String> {
+    /// See raft/snapshot.rs: under the write lock, pin what is published with a read transaction
+    /// on a connection of its own. The copy (`Pinned::copy`) then runs on another thread while
+    /// applies go on: they only add frames after the pinned ones.
+    fn pin_snapshot(&mut self, path: &str, db: &Arc<Database>) -> Result<Pinned, String> {
+        let snap = Conn::open(path, db)?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             let rc = unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
@@ -736,56 +813,41 @@ impl Conn {
             let b = h[3].to_ne_bytes();
             let sz = u16::from_ne_bytes([b[2], b[3]]) as u32;
             let page_size = if sz == 1 { 65536 } else { sz };
-            let snap = self.snap_conn(path, db)?;
             snap.exec(c"BEGIN")?;
             snap.read_once()?; // the read transaction that pins frames 1..=mxFrame
-            Ok((log_id, last_txn, h[4], h[5], page_size))
+                               // With READ_LOCK(0), SQLite saw every frame backfilled and reads the database file
+                               // alone. That lock keeps checkpoints from writing the file, but not the WAL from being
+                               // restarted and overwritten while we copy: take nothing from the WAL then. Any other
+                               // read lock keeps the WAL from restarting, and checkpoints from copying frames past it.
+                               // SAFETY: `main` is the live main-file handle of `snap`.
+            let locks = unsafe { crate::vfs::main_state(snap.main) }.map_or(0, |m| m.read_locks());
+            let mx = match locks {
+                1 => 0,
+                l if l > 1 => h[4],
+                _ => return Err("snapshot: the pinning read transaction holds no read lock".into()),
+            };
+            Ok((log_id, last_txn, mx, h[5], page_size))
         })();
         unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
-        let (log_id, last_txn, mx, n_page, page_size) = match pinned {
-            Ok(p) => p,
-            Err(e) => {
-                if let Some(s) = &self.snap {
-                    let _ = s.exec(c"ROLLBACK");
-                }
-                return Err(e);
-            }
-        };
-        let data = db.cfg.data.clone();
-        let tmp = snapshot::dir(&data).join(format!("building-{}", log_id.index));
-        let copied = std::fs::create_dir_all(snapshot::dir(&data))
-            .and_then(|()| {
-                let dbp = Path::new(path);
-                snapshot::copy_image(
-                    dbp,
-                    &crate::reconcile::sibling(dbp, "-wal"),
-                    mx,
-                    n_page,
-                    page_size,
-                    &tmp,
-                )
-            })
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp); // a partial copy only takes space
-                format!("{}snapshot: copying the database: {e}", full_prefix(&e))
-            });
-        if let Some(s) = &self.snap {
-            let _ = s.exec(c"COMMIT");
-        }
-        copied?;
-        let stored = StoredMeta {
-            meta: openraft::SnapshotMeta {
-                last_log_id: Some(log_id),
-                last_membership: db.membership_at(log_id.index),
-                snapshot_id: snapshot::snapshot_id(&log_id, last_txn),
+        let (log_id, last_txn, mx, n_page, page_size) = pinned?; // dropping `snap` ends its transaction
+        let db_path = PathBuf::from(path);
+        Ok(Pinned {
+            wal_path: crate::reconcile::sibling(&db_path, "-wal"),
+            db_path,
+            data: db.cfg.data.clone(),
+            conn: snap,
+            mx,
+            n_page,
+            page_size,
+            stored: StoredMeta {
+                meta: openraft::SnapshotMeta {
+                    last_log_id: Some(log_id),
+                    last_membership: db.membership_at(log_id.index),
+                    snapshot_id: snapshot::snapshot_id(&log_id, last_txn),
+                },
+                last_txn,
             },
-            last_txn,
-        };
-        let image = snapshot::commit(&data, &tmp, &stored).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("{}snapshot: saving: {e}", full_prefix(&e))
-        })?;
-        Ok((image, stored))
+        })
     }
 
     fn install_snapshot(&mut self, db: &Database, image: &Path, stored: &StoredMeta) -> Result<(), String> {

@@ -439,14 +439,38 @@ fn resolve_listen(cfg: &Config) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("replicated: bad value for 'listen': {addr} resolves to nothing"))
 }
 
-/// Log entries between snapshots, when snapshots are enabled: `REPLICATED_SNAPSHOT_EVERY=N`.
-/// Experimental: a lagging follower catches up from a snapshot, but a node whose log is empty
-/// (new or wiped) cannot yet install one (openraft 0.9 then tries to apply from index 0).
-fn snapshot_every() -> Option<u64> {
-    std::env::var("REPLICATED_SNAPSHOT_EVERY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
+/// When a node snapshots its database and purges its log behind the snapshot.
+///
+/// By default (`LogBytes`) a node snapshots when the log between its last snapshot and what it has
+/// published holds at least `SNAPSHOT_LOG_BYTES`, or the database's size if that is larger: the log on disk then stays
+/// within about twice that bound (a segment is deleted once all of it is behind a snapshot), and
+/// each byte written to the database costs at most about one more byte of snapshot copying.
+/// `REPLICATED_SNAPSHOT_EVERY=N` (N > 0) snapshots every N log entries instead (tests and the
+/// nemesis use small N to exercise snapshots often); `REPLICATED_SNAPSHOT_EVERY=0` turns snapshots
+/// and log compaction off (the log is then kept whole).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SnapshotPolicy {
+    Off,
+    EveryEntries(u64),
+    LogBytes,
+}
+
+/// The log size after the last snapshot that makes a node snapshot, unless its database is larger.
+const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+/// How often a node compares its log with that bound.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(1);
+
+fn snapshot_policy() -> Result<SnapshotPolicy, String> {
+    match std::env::var("REPLICATED_SNAPSHOT_EVERY") {
+        Err(_) => Ok(SnapshotPolicy::LogBytes),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => Ok(SnapshotPolicy::Off),
+            Ok(n) => Ok(SnapshotPolicy::EveryEntries(n)),
+            Err(_) => Err(format!(
+                "replicated: bad value for REPLICATED_SNAPSHOT_EVERY: {v:?} (a number of log entries; 0 turns snapshots off)"
+            )),
+        },
+    }
 }
 
 /// The pid of another process that has the database open (SQLite's unix VFS holds a read lock on
@@ -491,6 +515,7 @@ fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
 
 impl Database {
     fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
+        let snap_policy = snapshot_policy()?;
         if cfg.peers.is_none() && !cfg.data.join("log").exists() {
             return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
@@ -556,6 +581,10 @@ impl Database {
         // left durable in the database files (it syncs the WAL and the applied-state records):
         // openraft purges up to the applied index at start when the log ends before it, as after a
         // crash between a snapshot install and its commit.
+        let leftovers = crate::raft::snapshot::remove_leftovers(&cfg.data);
+        if leftovers > 0 {
+            tracing::info!("replicated: removed {leftovers} partial snapshot file(s) left by a crash");
+        }
         let snapshots = cfg.data.clone();
         let durable_at_start = rec.applied.map(|l| l.index);
         log.set_purge_guard(Box::new(move || {
@@ -594,18 +623,23 @@ impl Database {
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_ms,
             election_timeout_max: cfg.election_ms * 2,
-            // Snapshots and log compaction are experimental and off unless REPLICATED_SNAPSHOT_EVERY
-            // is set (see snapshot_every): without them the log is kept whole and a new or wiped
-            // node catches up by replaying it.
-            snapshot_policy: match snapshot_every() {
-                Some(n) => openraft::SnapshotPolicy::LogsSinceLast(n),
-                None => openraft::SnapshotPolicy::Never,
+            // openraft counts only entries; the default, log-size policy triggers snapshots itself
+            // (Database::schedule_snapshots).
+            snapshot_policy: match snap_policy {
+                SnapshotPolicy::EveryEntries(n) => openraft::SnapshotPolicy::LogsSinceLast(n),
+                SnapshotPolicy::Off | SnapshotPolicy::LogBytes => openraft::SnapshotPolicy::Never,
             },
             // Keep nothing behind a snapshot: openraft 0.9 otherwise looks up a log id below the
             // start of a log that begins at an installed snapshot, a fatal error. Restart needs no
             // entry at or below the snapshot (it ends at a complete transaction).
             max_in_snapshot_log_to_keep: 0,
-            purge_batch_size: 256.min(snapshot_every().unwrap_or(256)),
+            // openraft purges only once `purge_batch_size` entries lie behind the snapshot. The
+            // log-size policy counts bytes, not entries (a few large entries may be 64 MiB): purge
+            // behind every snapshot.
+            purge_batch_size: match snap_policy {
+                SnapshotPolicy::EveryEntries(n) => n.min(256),
+                SnapshotPolicy::LogBytes | SnapshotPolicy::Off => 1,
+            },
             max_payload_entries: 64,
             ..Default::default()
         }
@@ -673,6 +707,9 @@ impl Database {
             .set_eager(db.cfg.node, Database::eager_sender(Arc::downgrade(&db)));
         if db.cfg.ack == crate::config::Ack::Apply {
             Database::report_applied_to_leader(&db)?;
+        }
+        if snap_policy == SnapshotPolicy::LogBytes {
+            Database::schedule_snapshots(&db)?;
         }
         if importing {
             db.import_existing()?;
@@ -1150,6 +1187,46 @@ impl Database {
             }
             sent
         })
+    }
+
+    /// The default snapshot policy (see SnapshotPolicy): every SNAPSHOT_CHECK, snapshot when the
+    /// log between the last snapshot and what is published holds max(SNAPSHOT_LOG_BYTES, database
+    /// size) bytes. openraft
+    /// ignores a trigger while a snapshot is being built, and purges the log behind each snapshot
+    /// once it is durable (the purge guard). Every node decides for itself.
+    fn schedule_snapshots(db: &Arc<Database>) -> Result<(), String> {
+        let weak = Arc::downgrade(db);
+        runtime()?.spawn(async move {
+            loop {
+                tokio::time::sleep(SNAPSHOT_CHECK).await;
+                let Some(db) = weak.upgrade() else { return };
+                let since = db.raft.metrics().borrow().snapshot.map(|l| l.index);
+                // A snapshot holds what is published, which stops before a transaction whose
+                // parts are still arriving: nothing published past the last snapshot, nothing to do.
+                let published = db.published().0.map(|l| l.index);
+                if published <= since {
+                    continue;
+                }
+                // What a snapshot now would let the purge remove: the log up to the published
+                // index. (Parts of a transaction still arriving stay, however large.)
+                let reclaimable = db
+                    .log
+                    .bytes_after(since.unwrap_or(0))
+                    .saturating_sub(db.log.bytes_after(published.unwrap_or(0)));
+                let db_bytes = std::fs::metadata(&db.path).map(|m| m.len()).unwrap_or(0);
+                if reclaimable >= SNAPSHOT_LOG_BYTES.max(db_bytes) {
+                    tracing::info!(
+                        "replicated: {reclaimable} bytes of log up to index {} would be purged behind a snapshot \
+                         (database {db_bytes} bytes): snapshotting",
+                        published.unwrap_or(0)
+                    );
+                    if db.raft.trigger().snapshot().await.is_err() {
+                        return; // Raft has stopped
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Followers tell the leader how far they have applied (for `ack=apply`; every node of a

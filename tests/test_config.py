@@ -59,6 +59,14 @@ def test_bad_configuration_fails_the_open_naming_the_key(tmp_path, params, key):
     assert not os.path.exists(tmp_path / "app.db-raft" / "log"), "a refused open must not start a node"
 
 
+def test_bad_snapshot_setting_fails_the_open(tmp_path):
+    env = {**os.environ, "REPLICATED_SNAPSHOT_EVERY": "often"}
+    p = open_uri(tmp_path, good(free_port()), env=env)
+    err = p.stdout + p.stderr
+    assert "REPLICATED_SNAPSHOT_EVERY" in err and "often" in err, err
+    assert not os.path.exists(tmp_path / "app.db-raft" / "log"), "a refused open must not start a node"
+
+
 def test_toml_file_and_env_and_uri_precedence(tmp_path):
     port = free_port()
     cfg = tmp_path / "node.toml"

@@ -838,6 +838,29 @@ impl LogStore {
         self.inner.state.read().last_log_id()
     }
 
+    /// Bytes of the records after entry `index` (all present records when `index` is below
+    /// them): the log that a snapshot at `index` would let a purge remove.
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        let st = self.inner.state.read();
+        let Some(first) = st.index.front().map(|l| l.log_id.index) else {
+            return 0;
+        };
+        let pos = index.saturating_add(1).saturating_sub(first);
+        let Some(at) = usize::try_from(pos).ok().and_then(|p| st.index.get(p)) else {
+            return 0;
+        };
+        st.segments
+            .range(at.seg..)
+            .map(|(&k, s)| {
+                if k == at.seg {
+                    s.len.saturating_sub(at.off)
+                } else {
+                    s.len
+                }
+            })
+            .sum()
+    }
+
     pub fn read_committed_sync(&self) -> Option<LogId> {
         self.inner.state.read().committed
     }
@@ -1325,7 +1348,11 @@ mod tests {
     async fn purge_then_reopen() {
         let d = tempfile::tempdir().unwrap();
         let mut s = store_with(d.path(), txns(0..30)).await;
+        let record = s.bytes_after(28); // every record has the same size
+        assert!(record > 0 && s.bytes_after(29) == 0 && s.bytes_after(99) == 0);
+        assert_eq!(s.bytes_after(0), 29 * record); // across 15 segments
         s.purge(log_id(1, 1, 12)).await.unwrap();
+        assert_eq!((s.bytes_after(3), s.bytes_after(20)), (17 * record, 9 * record));
         // Segments [0,1] .. [10,11] are gone; [12,13] stays, as it holds 13.
         assert_eq!(list_segments(d.path()).unwrap()[0].0, 12);
         assert!(s.try_get_log_entries(0..13).await.unwrap().is_empty());

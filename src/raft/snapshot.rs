@@ -6,13 +6,21 @@
 //! <data>/snapshots/snap-<index>-<term>.json   openraft's SnapshotMeta, plus `last_txn`
 //! <data>/snapshots/incoming-<id>              a snapshot being received
 //! ```
-//! Building (apply.rs does it on the apply thread, so no apply runs meanwhile): under
-//! WAL_WRITE_LOCK, note what is published (log id, last transaction) and open a read transaction on
-//! a dedicated connection; release the lock. The read transaction pins the WAL (no restart can
-//! reuse frames at or below its snapshot) and nothing at or below it changes. The image is then
-//! the database file overlaid with the newest WAL frame of each page up to `mxFrame`, exactly what
-//! a full checkpoint would produce. A checkpoint may meanwhile copy frames into the database file,
-//! but only frames at or below the reader's mark, and only of pages the overlay takes from the WAL.
+//! Building: on the apply thread, between applies and under WAL_WRITE_LOCK, note what is
+//! published (log id, last transaction) and open a read transaction on a connection of its own;
+//! release the lock. The copy then runs on a thread of its own while applies go on (they only add
+//! frames after the pinned ones). The read transaction pins what it saw:
+//! - holding READ_LOCK(i), i > 0, it keeps the WAL from restarting and checkpoints from copying
+//!   frames past its mark (<= mxFrame). The image is the database file overlaid with the newest
+//!   WAL frame of each page up to `mxFrame`, exactly what a full checkpoint would produce. A
+//!   checkpoint may meanwhile write the database file, but only frames at or below the mark, and
+//!   only pages the overlay takes from the WAL anyway.
+//! - holding READ_LOCK(0), SQLite saw every frame backfilled: the database file alone is the image,
+//!   and that lock keeps checkpoints from writing it. The WAL may restart meanwhile, so nothing is
+//!   taken from it.
+//!
+//! When: by default a node snapshots once the log after its last snapshot holds 64 MiB or the
+//! database's size, whichever is larger (node.rs, SnapshotPolicy).
 //!
 //! Installing goes through the applier as one (large) transaction, so readers keep their
 //! snapshots. Only the newest snapshot is kept; openraft purges the log up to it, and restart can
@@ -94,6 +102,25 @@ pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBu
     Ok(db)
 }
 
+/// Removes what a crash left behind in `snapshots/`: partial copies (`building-*`), partial
+/// transfers (`incoming-*`) and unrenamed metadata (`*.json.tmp`). Called at start, before anything
+/// builds or receives a snapshot. Returns how many files it removed.
+pub fn remove_leftovers(data: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir(data)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let partial = name.starts_with("building-") || name.starts_with("incoming-") || name.ends_with(".json.tmp");
+        if partial && std::fs::remove_file(&p).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The newest complete snapshot: (image path, meta).
 pub fn latest(data: &Path) -> Option<(PathBuf, StoredMeta)> {
     let d = dir(data);
@@ -157,6 +184,7 @@ pub fn copy_image(db: &Path, wal: &Path, mx_frame: u32, n_page: u32, page_size: 
     let db_len = dbf.metadata()?.len();
     let mut o = OpenOptions::new().create(true).write(true).truncate(true).open(out)?;
     let mut buf = vec![0u8; ps];
+    let mut unsynced = 0usize;
     for pg in 1..=n_page {
         match (newest.get(&pg), &walf, &hdr) {
             (Some(&n), Some(w), Some(h)) => w.read_exact_at(&mut buf, h.frame_offset(n) + FRAME_HDR as u64)?,
@@ -171,9 +199,22 @@ pub fn copy_image(db: &Path, wal: &Path, mx_frame: u32, n_page: u32, page_size: 
             }
         }
         o.write_all(&buf)?;
+        unsynced += ps;
+        if unsynced >= SYNC_EVERY {
+            // Written back as it goes, and at most half the time: a database's worth of dirty
+            // pages, or a disk kept busy without a pause, holds up this node's log fsyncs (each
+            // must wait for the writes queued before it) until its commits time out.
+            let t = std::time::Instant::now();
+            o.sync_data()?;
+            std::thread::sleep(t.elapsed().min(std::time::Duration::from_millis(100)));
+            unsynced = 0;
+        }
     }
     o.sync_all()
 }
+
+/// How much of a snapshot image is written between two syncs.
+const SYNC_EVERY: usize = 1 << 20;
 
 /// Restart path: replace the database file with a snapshot image (no connection has it open).
 pub fn restore_db_file(image: &Path, db: &Path) -> io::Result<()> {
@@ -186,4 +227,38 @@ pub fn restore_db_file(image: &Path, db: &Path) -> io::Result<()> {
         sync_dir(d)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_removed_and_snapshots_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let sd = dir(d.path());
+        std::fs::create_dir_all(&sd).unwrap();
+        let names = [
+            "building-12",
+            "incoming-local-7",
+            "snap-00000000000000000009-1.json.tmp",
+        ];
+        for n in names
+            .iter()
+            .chain(&["snap-00000000000000000009-1.db", "snap-00000000000000000009-1.json"])
+        {
+            std::fs::write(sd.join(n), b"x").unwrap();
+        }
+        assert_eq!(remove_leftovers(d.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&sd)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["snap-00000000000000000009-1.db", "snap-00000000000000000009-1.json"]
+        );
+        assert_eq!(remove_leftovers(&d.path().join("absent")), 0);
+    }
 }

@@ -134,6 +134,13 @@ pub fn register() -> Result<(), String> {
     .clone()
 }
 
+impl MainState {
+    /// The wal-index read locks this handle holds: bit i for WAL_READ_LOCK(i).
+    pub fn read_locks(&self) -> u8 {
+        (self.locks.shared & locks::READ_ANY) >> 3
+    }
+}
+
 /// If `file` belongs to this VFS and is a main database, its state.
 ///
 /// # Safety
