@@ -163,8 +163,9 @@ fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("REPLICATED_LOG")
-            // openraft logs every failed heartbeat to a down peer at WARN: noise by default.
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
+            // openraft logs every failed RPC to a down peer (several a second): noise by default.
+            // The network logs a peer going down and coming back once each (raft/network.rs).
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error,openraft::replication=off"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
@@ -651,6 +652,7 @@ impl Database {
         let net = QuicNetwork {
             transport: transport.clone(),
             sending: sending.clone(),
+            retry: Duration::from_millis(cfg.heartbeat_ms.clamp(10, 100)),
         };
         let raft = run_blocking(
             async move { Raft::new(id, Arc::new(raft_cfg), net, log2, sm2).await },
@@ -1230,8 +1232,13 @@ impl Database {
     }
 
     /// Followers tell the leader how far they have applied (for `ack=apply`; every node of a
-    /// cluster is expected to use the same `ack`), whenever it moves.
+    /// cluster is expected to use the same `ack`), whenever it moves. One notice is in flight at a
+    /// time; it is abandoned when the leader changes (a notice to a leader that just died would
+    /// otherwise hold up the one to its successor, and every `ack=apply` commit there, until the
+    /// notice timed out), and a notice that failed is sent again after NOTICE_RETRY.
     fn report_applied_to_leader(db: &Arc<Database>) -> Result<(), String> {
+        const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+        const NOTICE_RETRY: Duration = Duration::from_millis(20);
         let weak = Arc::downgrade(db);
         let mut rx = db.raft.metrics();
         runtime()?.spawn(async move {
@@ -1242,22 +1249,37 @@ impl Database {
                     (m.current_leader, m.last_applied.map(|l| l.index).unwrap_or(0))
                 };
                 let Some(db) = weak.upgrade() else { return };
-                if let Some(l) = leader.filter(|l| *l != db.cfg.node) {
-                    if (Some(l), applied) != sent {
-                        if let Some(addr) = db.view().members.iter().find(|m| m.0 == l).map(|m| m.1.clone()) {
-                            let body = postcard::to_allocvec(&applied).unwrap_or_default();
-                            let t = db.transport.clone();
-                            drop(db);
-                            // Best effort: a lost notice only delays an ack=apply commit.
-                            let _ = t
-                                .call(l, &addr, crate::raft::network::APPLIED, &body, Duration::from_secs(1))
-                                .await;
-                            sent = (Some(l), applied);
+                let target = leader
+                    .filter(|l| *l != db.cfg.node && (Some(*l), applied) != sent)
+                    .and_then(|l| db.view().members.iter().find(|m| m.0 == l).map(|m| (l, m.1.clone())));
+                let t = db.transport.clone();
+                drop(db);
+                let Some((l, addr)) = target else {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let body = postcard::to_allocvec(&applied).unwrap_or_default();
+                let call = t.call(l, &addr, crate::raft::network::APPLIED, &body, NOTICE_TIMEOUT);
+                tokio::pin!(call);
+                let delivered = loop {
+                    tokio::select! {
+                        r = &mut call => break Some(r.is_ok()),
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            if rx.borrow().current_leader != Some(l) {
+                                break None; // abandoned: the next notice goes to the new leader
+                            }
                         }
                     }
-                }
-                if rx.changed().await.is_err() {
-                    return;
+                };
+                match delivered {
+                    Some(true) => sent = (Some(l), applied),
+                    Some(false) => tokio::time::sleep(NOTICE_RETRY).await,
+                    None => {}
                 }
             }
         });
