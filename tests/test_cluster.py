@@ -5,6 +5,7 @@ leader; followers apply through the wal-index protocol and serve reads; kill -9,
 iptables partitions try to lose acknowledged commits, show uncommitted ones, or make nodes diverge.
 """
 import os
+import random
 import select
 import shutil
 import subprocess
@@ -650,6 +651,27 @@ def test_wiped_node_rebuilds_from_the_log(cluster):
     c.write("insert into t values(100)")
     c.sync_all()
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_restarted_followers_do_not_depose_the_leader(cluster):
+    """A restarted node hears from the leader before its election timer fires, so it does not
+    campaign with its stale log, which would cost the cluster its leader (the leader steps down on
+    seeing the higher term) and slow the next fail-over (raft/network.rs, the retry interval)."""
+    c = cluster(3)
+    leader = c.leader()
+    leader.sql("create table t(a)")
+    term = leader.status()["term"]
+    for i in range(10):
+        f = c.followers()[i % 2]
+        f.kill()
+        c.write("insert into t values(?)", i)  # the restarted node is behind
+        time.sleep(random.uniform(0, 0.5))  # any phase of the leader's retries
+        f.start()
+        c.sync_all()
+        time.sleep(0.6)  # past the restarted node's election timeout (lease + election_ms)
+    st = leader.status()
+    assert (st["role"], st["term"]) == ("leader", term), st
+    assert {n.one("select count(*) from t") for n in c.alive()} == {10}
 
 
 def test_transfer_leader(cluster):
