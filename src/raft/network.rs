@@ -373,6 +373,8 @@ pub struct ServiceState {
     /// Snapshots being received, by sender, for replicated_status().
     pub receiving: Transfers,
     pub applied_notify: tokio::sync::Notify,
+    /// The highest commit index a leader has sent this node (a hint of how far behind it is).
+    pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::ops::Deref for RaftService {
@@ -396,6 +398,7 @@ impl RaftService {
             applied: Mutex::new(BTreeMap::new()),
             receiving: Arc::new(Mutex::new(BTreeMap::new())),
             applied_notify: tokio::sync::Notify::new(),
+            leader_commit: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }))
     }
 
@@ -404,7 +407,13 @@ impl RaftService {
             return Err("node is starting".into());
         };
         match decode_rpc_body(kind, &body)? {
-            RpcBody::Append(req) => encode(&raft.append_entries(req).await),
+            RpcBody::Append(req) => {
+                if let Some(c) = req.leader_commit {
+                    self.leader_commit
+                        .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
+                }
+                encode(&raft.append_entries(req).await)
+            }
             RpcBody::Vote(req) => encode(&raft.vote(req).await),
             RpcBody::ReadIndex => {
                 let r = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
