@@ -351,7 +351,8 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // SAFETY: the connection was opened by us and is used by this thread only.
+        // SAFETY: the connection was opened by us and is used by one thread at a time (a
+        // snapshot's pinning connection is closed by the thread that copied it).
         unsafe { ffi::sqlite3_close(self.db) };
     }
 }
