@@ -658,6 +658,7 @@ impl Database {
             transport: transport.clone(),
             sending: sending.clone(),
             retry: Duration::from_millis(cfg.heartbeat_ms.clamp(10, 100)),
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
         };
         let raft = run_blocking(
             async move { Raft::new(id, Arc::new(raft_cfg), net, log2, sm2).await },

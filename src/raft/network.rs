@@ -143,6 +143,8 @@ pub struct QuicNetwork {
     pub sending: Transfers,
     /// How long openraft waits before it tries an unreachable peer again.
     pub retry: Duration,
+    /// openraft's heartbeat interval (keep-alives during a snapshot transfer, see full_snapshot).
+    pub heartbeat: Duration,
 }
 
 pub struct QuicClient {
@@ -151,6 +153,7 @@ pub struct QuicClient {
     addr: String,
     sending: Transfers,
     retry: Duration,
+    heartbeat: Duration,
     /// Since when this peer has been unreachable (its transitions are logged once).
     down_since: Option<std::time::Instant>,
 }
@@ -179,6 +182,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
             addr: node.addr.clone(),
             sending: self.sending.clone(),
             retry: self.retry,
+            heartbeat: self.heartbeat,
             down_since: None,
         }
     }
@@ -271,6 +275,22 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         let file =
             std::fs::File::open(&snapshot.snapshot.path).map_err(|e| net(format!("opening the snapshot: {e}")))?;
         let total = file.metadata().map_err(|e| net(e.to_string()))?.len();
+        // The first keep-alive also checks that the peer is there at all, within a heartbeat
+        // interval like any AppendEntries: the chunks' long timeout would otherwise keep this
+        // stream dialing a dead peer for seconds, and sending nothing, after it came back.
+        if let Err(e) = self
+            .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, RaftError<NodeId>>(
+                APPEND,
+                &keep_alive_req(vote),
+                self.heartbeat,
+            )
+            .await
+        {
+            return Err(match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => net(other.to_string()),
+            });
+        }
         tokio::pin!(cancel);
         let progress = |bytes: u64, phase| {
             let t = Transfer {
@@ -282,11 +302,37 @@ impl RaftNetwork<TypeConfig> for QuicClient {
             };
             self.sending.lock().insert(self.target, t);
         };
-        let r = self
-            .send_snapshot_from(&file, &id, total, vote, &snapshot.meta, &mut cancel, progress)
-            .await;
+        // openraft sends no heartbeat to this peer until the transfer and the install are over:
+        // keep its election timer from firing meanwhile (it would campaign, and depose us, in the
+        // middle of a transfer of more than a few hundred milliseconds). An AppendEntries with
+        // no entries and no previous log id only renews the leader's vote: it matches any log.
+        let keep_alive = encode(&keep_alive_req(vote)).map_err(net)?;
+        let (transport, target, addr, every) = (self.transport.clone(), self.target, self.addr.clone(), self.heartbeat);
+        let keep_alives = async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = transport.call(target, &addr, APPEND, &keep_alive, every).await;
+            }
+        };
+        let send = self.send_snapshot_from(&file, &id, total, vote, &snapshot.meta, &mut cancel, progress);
+        let r = tokio::select! {
+            r = send => r,
+            never = keep_alives => never,
+        };
         self.sending.lock().remove(&self.target);
         r
+    }
+}
+
+/// An AppendEntries with no entries and no previous log id: it only renews the leader's vote.
+fn keep_alive_req(vote: openraft::Vote<NodeId>) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
     }
 }
 
