@@ -633,6 +633,33 @@ def test_log_is_compacted_by_default(cluster):
     assert len(set(c.checkpoint_and_hash().values())) == 1
 
 
+def test_snapshot_transfer_does_not_depose_the_leader(cluster):
+    """A restarted node that needs a snapshot of ~100 MB (longer to send and install than its
+    election timeout) keeps hearing from the leader meanwhile, so it does not campaign: the leader
+    and its term stay, and the node ends with the snapshot and the same content."""
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env=SNAP_ENV)
+    leader = c.leader()
+    leader.sql("create table b(id integer primary key, v blob)")
+    c.sync_all()
+    lagger = c.followers()[0]
+    lagger.kill()
+    for _ in range(100):
+        c.write("insert into b(v) values(randomblob(1048576))")
+    wait_until(lambda: (leader.status()["purged_index"] or 0) > 40, timeout=60, what="the leader to purge its log")
+    term = leader.status()["term"]
+    time.sleep(2)  # the leader's stream to the lagger has meanwhile turned to sending a snapshot
+    lagger.start(env=SNAP_ENV)
+    c.sync_all(timeout_ms=60000)
+    assert lagger.status()["snapshot_index"] is not None, "caught up from the log, not a snapshot"
+    st = leader.status()
+    assert (st["role"], st["term"]) == ("leader", term), st
+    assert lagger.one("select count(*) from b") == 100
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
 def test_wiped_node_rebuilds_from_the_log(cluster):
     """A follower whose files and data directory are wiped starts pristine and catches up (by
     replaying the log: this one is shorter than what makes a node snapshot)."""
