@@ -1200,9 +1200,8 @@ impl Database {
 
     /// The default snapshot policy (see SnapshotPolicy): every SNAPSHOT_CHECK, snapshot when the
     /// log between the last snapshot and what is published holds max(SNAPSHOT_LOG_BYTES, database
-    /// size) bytes. openraft
-    /// ignores a trigger while a snapshot is being built, and purges the log behind each snapshot
-    /// once it is durable (the purge guard). Every node decides for itself.
+    /// size) bytes. openraft ignores a trigger while a snapshot is being built, and purges the log
+    /// behind each snapshot once it is durable (the purge guard). Every node decides for itself.
     fn schedule_snapshots(db: &Arc<Database>) -> Result<(), String> {
         let weak = Arc::downgrade(db);
         runtime()?.spawn(async move {
@@ -1212,32 +1211,27 @@ impl Database {
                 let since = db.raft.metrics().borrow().snapshot.map(|l| l.index);
                 // A snapshot holds what is published, which stops before a transaction whose
                 // parts are still arriving: nothing published past the last snapshot, nothing to do.
-                let published = db.published().0.map(|l| l.index);
-                if published <= since {
+                let Some(published) = db.published().0.map(|l| l.index).filter(|p| Some(*p) > since) else {
                     continue;
-                }
+                };
                 // A node catching up waits until it has: the copy would take the disk from the
                 // catching up (measured: 100 MB caught up at ~27 MB/s instead of ~100). It is
                 // catching up when leaders have committed more than CATCHING_UP entries past what
                 // it published, or its own log holds a snapshot's worth it has not published.
-                let committed = db.leader_commit.load(Ordering::Relaxed);
-                if committed > published.unwrap_or(0) + CATCHING_UP
-                    || db.log.bytes_after(published.unwrap_or(0)) >= SNAPSHOT_LOG_BYTES
+                let unpublished = db.log.bytes_after(published);
+                if db.leader_commit.load(Ordering::Relaxed) > published + CATCHING_UP
+                    || unpublished >= SNAPSHOT_LOG_BYTES
                 {
                     continue;
                 }
                 // What a snapshot now would let the purge remove: the log up to the published
                 // index. (Parts of a transaction still arriving stay, however large.)
-                let reclaimable = db
-                    .log
-                    .bytes_after(since.unwrap_or(0))
-                    .saturating_sub(db.log.bytes_after(published.unwrap_or(0)));
+                let reclaimable = db.log.bytes_after(since.unwrap_or(0)).saturating_sub(unpublished);
                 let db_bytes = std::fs::metadata(&db.path).map(|m| m.len()).unwrap_or(0);
                 if reclaimable >= SNAPSHOT_LOG_BYTES.max(db_bytes) {
                     tracing::info!(
-                        "replicated: {reclaimable} bytes of log up to index {} would be purged behind a snapshot \
-                         (database {db_bytes} bytes): snapshotting",
-                        published.unwrap_or(0)
+                        "replicated: {reclaimable} bytes of log up to index {published} would be purged behind a \
+                         snapshot (database {db_bytes} bytes): snapshotting"
                     );
                     if db.raft.trigger().snapshot().await.is_err() {
                         return; // Raft has stopped

@@ -70,25 +70,32 @@ def read_state(uri, env=None):
     return ids
 
 
-def test_random_kills_lose_no_acknowledged_commit(tmp_path):
-    port = free_port()
-    uri = repl_uri(tmp_path / "app.db", port=port, data=tmp_path / "raft")
-    rnd = random.Random(int(os.environ.get("CRASH_SEED", "1234")))
+def kill_writer_rounds(uri, rounds, rnd, lo, hi):
+    """Runs a writer and kills it -9 after a random lo..hi seconds, `rounds` times; after each kill
+    a fresh process checks that every acknowledged row is there and no row nobody tried. Returns the
+    ids acknowledged over all rounds."""
     all_acked, all_tried, next_id = set(), set(), 1
-    for _round in range(8):
+    for _round in range(rounds):
         w = Writer(uri, next_id, 100000, extra=("--big-every", "37", "--ckpt-every", "53"))
         w.wait_for("ready")
-        time.sleep(rnd.uniform(0.05, 1.2))
+        time.sleep(rnd.uniform(lo, hi))
         w.kill()
-        acked, tried = w.acked(), w.tried()
-        all_acked |= acked
-        all_tried |= tried
+        all_acked |= w.acked()
+        all_tried |= w.tried()
         present = read_state(uri)
         lost = all_acked - present
         assert not lost, f"acknowledged commits lost after kill -9: {sorted(lost)[:20]}"
         phantom = present - all_tried
         assert not phantom, f"rows nobody wrote: {sorted(phantom)[:20]}"
         next_id = max(all_tried | {next_id}) + 1
+    return all_acked
+
+
+def test_random_kills_lose_no_acknowledged_commit(tmp_path):
+    port = free_port()
+    uri = repl_uri(tmp_path / "app.db", port=port, data=tmp_path / "raft")
+    rnd = random.Random(int(os.environ.get("CRASH_SEED", "1234")))
+    all_acked = kill_writer_rounds(uri, 8, rnd, 0.05, 1.2)
     assert len(all_acked) > 50, "the writer made too little progress for the test to mean anything"
 
 
@@ -103,19 +110,7 @@ def test_kills_after_the_log_was_compacted(tmp_path):
                   + ".shell sleep 4\nselect replicated_status();\n")
     st = json.loads(p.stdout.strip().splitlines()[-1])
     assert st["snapshot_index"] and st["purged_index"], st
-    rnd = random.Random(7)
-    all_acked, all_tried, next_id = set(), set(), 1
-    for _round in range(3):
-        w = Writer(uri, next_id, 100000, extra=("--big-every", "37", "--ckpt-every", "53"))
-        w.wait_for("ready")
-        time.sleep(rnd.uniform(0.1, 0.8))
-        w.kill()
-        all_acked |= w.acked()
-        all_tried |= w.tried()
-        present = read_state(uri)
-        assert not all_acked - present, f"acknowledged commits lost: {sorted(all_acked - present)[:20]}"
-        assert not present - all_tried, f"rows nobody wrote: {sorted(present - all_tried)[:20]}"
-        next_id = max(all_tried | {next_id}) + 1
+    kill_writer_rounds(uri, 3, random.Random(7), 0.1, 0.8)
     p = run_shell(shell_prelude(uri) + "select count(*), sum(length(b)) from bulk;\n"
                   "select json_extract(replicated_status(), '$.purged_index') > 0;\n")
     assert p.stdout.split() == [f"80|{80 << 20}", "1"], p.stdout

@@ -275,13 +275,23 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         let file =
             std::fs::File::open(&snapshot.snapshot.path).map_err(|e| net(format!("opening the snapshot: {e}")))?;
         let total = file.metadata().map_err(|e| net(e.to_string()))?.len();
-        // The first keep-alive also checks that the peer is there at all, within a heartbeat
-        // interval like any AppendEntries: the chunks' long timeout would otherwise keep this
-        // stream dialing a dead peer for seconds, and sending nothing, after it came back.
+        // openraft sends no heartbeat to this peer until the transfer and the install are over:
+        // keep its election timer from firing meanwhile (it would campaign, and depose us, in the
+        // middle of a transfer of more than a few hundred milliseconds). An AppendEntries with
+        // no entries and no previous log id only renews the leader's vote: it matches any log.
+        // The first one also checks that the peer is there at all, within a heartbeat interval
+        // like any AppendEntries: the chunks' long timeout would otherwise keep this stream
+        // dialing a dead peer for seconds, and sending nothing, after it came back.
+        let keep_alive_req = AppendEntriesRequest::<TypeConfig> {
+            vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
         if let Err(e) = self
             .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, RaftError<NodeId>>(
                 APPEND,
-                &keep_alive_req(vote),
+                &keep_alive_req,
                 self.heartbeat,
             )
             .await
@@ -302,11 +312,7 @@ impl RaftNetwork<TypeConfig> for QuicClient {
             };
             self.sending.lock().insert(self.target, t);
         };
-        // openraft sends no heartbeat to this peer until the transfer and the install are over:
-        // keep its election timer from firing meanwhile (it would campaign, and depose us, in the
-        // middle of a transfer of more than a few hundred milliseconds). An AppendEntries with
-        // no entries and no previous log id only renews the leader's vote: it matches any log.
-        let keep_alive = encode(&keep_alive_req(vote)).map_err(net)?;
+        let keep_alive = encode(&keep_alive_req).map_err(net)?;
         let (transport, target, addr, every) = (self.transport.clone(), self.target, self.addr.clone(), self.heartbeat);
         let keep_alives = async move {
             let mut tick = tokio::time::interval(every);
@@ -323,16 +329,6 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         };
         self.sending.lock().remove(&self.target);
         r
-    }
-}
-
-/// An AppendEntries with no entries and no previous log id: it only renews the leader's vote.
-fn keep_alive_req(vote: openraft::Vote<NodeId>) -> AppendEntriesRequest<TypeConfig> {
-    AppendEntriesRequest {
-        vote,
-        prev_log_id: None,
-        leader_commit: None,
-        entries: Vec::new(),
     }
 }
 
