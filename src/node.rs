@@ -152,6 +152,8 @@ pub struct Database {
     receiving: crate::raft::network::Transfers,
     /// The highest commit index a leader has sent this node (raft/network.rs).
     leader_commit: Arc<AtomicU64>,
+    /// When this node last heard from a leader (raft/election.rs).
+    contact: Arc<crate::raft::election::Contact>,
     _lock: std::fs::File,
 }
 
@@ -646,6 +648,8 @@ impl Database {
                 SnapshotPolicy::LogBytes | SnapshotPolicy::Off => 1,
             },
             max_payload_entries: 64,
+            // Elections start only after a pre-vote (raft/election.rs, Database::run_elections).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -654,6 +658,10 @@ impl Database {
         let sending = crate::raft::network::Transfers::default();
         let receiving = service.receiving.clone();
         let leader_commit = service.leader_commit.clone();
+        let contact = service.contact.clone();
+        let _ = service
+            .election
+            .set((log.clone(), Duration::from_millis(cfg.election_ms * 2)));
         let net = QuicNetwork {
             transport: transport.clone(),
             sending: sending.clone(),
@@ -709,11 +717,13 @@ impl Database {
             sending,
             receiving,
             leader_commit,
+            contact,
             _lock: lock,
         });
         applier.attach(Arc::downgrade(&db));
         db.log
             .set_eager(db.cfg.node, Database::eager_sender(Arc::downgrade(&db)));
+        Database::run_elections(&db)?;
         if db.cfg.ack == crate::config::Ack::Apply {
             Database::report_applied_to_leader(&db)?;
         }
@@ -1196,6 +1206,84 @@ impl Database {
             }
             sent
         })
+    }
+
+    /// The election timer (raft/election.rs): a voter that has heard from no leader for a
+    /// randomized election timeout asks the other voters first, and starts openraft's election
+    /// only when a majority would vote for it.
+    fn run_elections(db: &Arc<Database>) -> Result<(), String> {
+        use crate::raft::election::{self, PreVote};
+        let min = Duration::from_millis(db.cfg.election_ms);
+        let (max, lease) = (min * 2, min * 2);
+        let tick = (min / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
+        let weak = Arc::downgrade(db);
+        runtime()?.spawn(async move {
+            // The timer runs from the later of the last leader contact and the last attempt.
+            let mut attempt = Instant::now();
+            let mut jitter = election::jitter(min, max);
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(db) = weak.upgrade() else { return };
+                let v = db.view();
+                let me = db.cfg.node;
+                let voters: Vec<(NodeId, String)> =
+                    v.members.iter().filter(|m| m.2).map(|m| (m.0, m.1.clone())).collect();
+                if v.shutdown {
+                    return;
+                }
+                if v.state == Some(ServerState::Leader) || !voters.iter().any(|m| m.0 == me) {
+                    attempt = Instant::now();
+                    continue;
+                }
+                let quiet = db
+                    .contact
+                    .since()
+                    .map_or(attempt.elapsed(), |c| c.min(attempt.elapsed()));
+                if quiet < election::timeout(jitter, v.leader.is_some(), lease) {
+                    continue;
+                }
+                attempt = Instant::now();
+                jitter = election::jitter(min, max);
+                let raft = db.raft.clone();
+                let others: Vec<(NodeId, String)> = voters.iter().filter(|m| m.0 != me).cloned().collect();
+                let mut grants = 1;
+                if !others.is_empty() {
+                    let body = match crate::raft::network::encode(&PreVote {
+                        last_log: db.log.last_log_id(),
+                    }) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!("replicated: pre-vote: {e}");
+                            continue;
+                        }
+                    };
+                    let mut calls = tokio::task::JoinSet::new();
+                    for (id, addr) in others {
+                        let (t, body) = (db.transport.clone(), body.clone());
+                        calls.spawn(async move {
+                            let r = t.call(id, &addr, crate::raft::network::PRE_VOTE, &body, min).await;
+                            r.ok().and_then(|b| crate::raft::network::decode::<bool>(&b).ok()) == Some(true)
+                        });
+                    }
+                    drop(db);
+                    while let Some(r) = calls.join_next().await {
+                        grants += usize::from(matches!(r, Ok(true)));
+                        if election::is_majority(grants, voters.len()) {
+                            break; // dropping `calls` cancels the calls still out
+                        }
+                    }
+                } else {
+                    drop(db);
+                }
+                if election::is_majority(grants, voters.len()) {
+                    tracing::debug!("replicated: pre-vote won ({grants} of {}); campaigning", voters.len());
+                    if raft.trigger().elect().await.is_err() {
+                        return; // the Raft core has stopped
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The default snapshot policy (see SnapshotPolicy): every SNAPSHOT_CHECK, snapshot when the

@@ -31,7 +31,7 @@ fn serve(kind: u8, body: &[u8]) {
         Ok(RpcBody::SnapshotDone(d)) => {
             let _ = replicated::raft::snapshot::last_txn_of(&d.meta);
         }
-        Ok(RpcBody::Vote(_) | RpcBody::ReadIndex | RpcBody::Applied(_) | RpcBody::Campaign) => {}
+        Ok(RpcBody::Vote(_) | RpcBody::ReadIndex | RpcBody::Applied(_) | RpcBody::Campaign | RpcBody::PreVote(_)) => {}
         Err(e) => assert!(!e.is_empty()),
     }
 }

@@ -115,7 +115,10 @@ pub fn apply_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) {
             };
             let mut prev = 0u32;
             let read_back = whole.for_each_page(read, |pg, image, _| {
-                assert!(pg > prev && pg <= whole.db_size(), "page {pg} out of order or beyond the size");
+                assert!(
+                    pg > prev && pg <= whole.db_size(),
+                    "page {pg} out of order or beyond the size"
+                );
                 assert_eq!(image.len(), whole.page_size() as usize);
                 prev = pg;
                 Ok(())

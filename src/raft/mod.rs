@@ -2,6 +2,7 @@
 //! (the SQLite database), and the network seen by openraft. Nothing outside `raft/` and `node.rs`
 //! names an openraft type.
 pub mod applied;
+pub mod election;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

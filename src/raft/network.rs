@@ -22,6 +22,7 @@
 //! far it has applied, for `ack=apply`).
 
 use crate::net::{Handler, NetError, Transport};
+use crate::raft::election::{self, Contact};
 use crate::raft::types::{NodeId, TypeConfig};
 use openraft::error::{NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -41,6 +42,8 @@ pub const APPLIED: u8 = 5;
 pub const SNAPSHOT_CHUNK: u8 = 6;
 pub const SNAPSHOT_DONE: u8 = 7;
 pub const CAMPAIGN: u8 = 8;
+/// Would you vote for me? (raft/election.rs). Answers a bool; changes nothing.
+pub const PRE_VOTE: u8 = 9;
 
 /// Bytes of snapshot image per SNAPSHOT_CHUNK message.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -95,6 +98,7 @@ pub enum RpcBody {
     SnapshotDone(Done),
     /// The body is ignored.
     Campaign,
+    PreVote(crate::raft::election::PreVote),
 }
 
 /// Decodes the body of a request of `kind`: pure, so every malformed body is an error (the
@@ -108,6 +112,7 @@ pub fn decode_rpc_body(kind: u8, body: &[u8]) -> Result<RpcBody, String> {
         SNAPSHOT_CHUNK => RpcBody::SnapshotChunk(decode(body)?),
         SNAPSHOT_DONE => RpcBody::SnapshotDone(decode(body)?),
         CAMPAIGN => RpcBody::Campaign,
+        PRE_VOTE => RpcBody::PreVote(decode(body)?),
         k => return Err(format!("unknown request kind {k}")),
     })
 }
@@ -417,6 +422,10 @@ pub struct ServiceState {
     pub applied_notify: tokio::sync::Notify,
     /// The highest commit index a leader has sent this node (a hint of how far behind it is).
     pub leader_commit: Arc<std::sync::atomic::AtomicU64>,
+    /// When this node last heard from a leader (raft/election.rs).
+    pub contact: Arc<Contact>,
+    /// The log store (its last log id answers pre-votes) and the leader lease.
+    pub election: OnceLock<(crate::raft::log_store::LogStore, Duration)>,
 }
 
 impl std::ops::Deref for RaftService {
@@ -441,6 +450,8 @@ impl RaftService {
             receiving: Arc::new(Mutex::new(BTreeMap::new())),
             applied_notify: tokio::sync::Notify::new(),
             leader_commit: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            contact: Arc::new(Contact::default()),
+            election: OnceLock::new(),
         }))
     }
 
@@ -454,7 +465,11 @@ impl RaftService {
                     self.leader_commit
                         .fetch_max(c.index, std::sync::atomic::Ordering::Relaxed);
                 }
-                encode(&raft.append_entries(req).await)
+                let r = raft.append_entries(req).await;
+                if matches!(r, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    self.contact.heard();
+                }
+                encode(&r)
             }
             RpcBody::Vote(req) => encode(&raft.vote(req).await),
             RpcBody::ReadIndex => {
@@ -517,6 +532,9 @@ impl RaftService {
                     .install_full_snapshot(d.vote, snap)
                     .await
                     .map_err(|e| e.to_string());
+                if r.is_ok() {
+                    self.contact.heard();
+                }
                 self.receiving.lock().remove(&from);
                 encode(&r)
             }
@@ -524,6 +542,18 @@ impl RaftService {
                 // The leader hands over (replicated_transfer_leader): start an election now.
                 raft.trigger().elect().await.map_err(|e| e.to_string())?;
                 encode(&())
+            }
+            RpcBody::PreVote(p) => {
+                let (log, lease) = self.election.get().ok_or("node is starting")?;
+                let is_leader = raft.metrics().borrow().state == openraft::ServerState::Leader;
+                let mine = log.last_log_id();
+                encode(&election::grant(
+                    is_leader,
+                    self.contact.since(),
+                    *lease,
+                    mine,
+                    p.last_log,
+                ))
             }
         }
     }
@@ -560,11 +590,14 @@ mod tests {
         let e = decode_rpc_body(SNAPSHOT_CHUNK, &b[..b.len() - 1]).err();
         assert!(e.is_some_and(|e| e.starts_with("malformed message")));
         assert_eq!(
-            decode_rpc_body(9, &[]).err(),
-            Some("unknown request kind 9".to_string())
+            decode_rpc_body(10, &[]).err(),
+            Some("unknown request kind 10".to_string())
         );
         assert!(matches!(decode_rpc_body(READ_INDEX, b"any"), Ok(RpcBody::ReadIndex)));
         assert!(matches!(decode_rpc_body(CAMPAIGN, b""), Ok(RpcBody::Campaign)));
+        let pre = encode(&election::PreVote { last_log: None }).unwrap_or_default();
+        assert!(matches!(decode_rpc_body(PRE_VOTE, &pre), Ok(RpcBody::PreVote(_))));
+        assert!(decode_rpc_body(PRE_VOTE, &[7]).is_err());
         let applied = encode(&7u64).unwrap_or_default();
         assert!(matches!(decode_rpc_body(APPLIED, &applied), Ok(RpcBody::Applied(7))));
         assert!(decode_rpc_body(APPEND, &[]).is_err() && decode_rpc_body(VOTE, &[0xff]).is_err());
