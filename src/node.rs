@@ -1218,8 +1218,9 @@ impl Database {
         let tick = (min / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
         let weak = Arc::downgrade(db);
         runtime()?.spawn(async move {
-            // The timer runs from the later of the last leader contact and the last attempt.
-            let mut attempt = Instant::now();
+            // The timer runs from the later of the last leader contact and the last campaign
+            // (`Contact::quiet`), and from the task's start.
+            let start = Instant::now();
             let mut jitter = election::jitter(min, max);
             loop {
                 tokio::time::sleep(tick).await;
@@ -1231,18 +1232,25 @@ impl Database {
                 if v.shutdown {
                     return;
                 }
-                if v.state == Some(ServerState::Leader) || !voters.iter().any(|m| m.0 == me) {
-                    attempt = Instant::now();
+                if v.state == Some(ServerState::Leader) {
+                    // A leader hears itself: once deposed, it refuses pre-votes for the lease like
+                    // any follower of the new leader would.
+                    db.contact.heard();
                     continue;
                 }
-                let quiet = db
-                    .contact
-                    .since()
-                    .map_or(attempt.elapsed(), |c| c.min(attempt.elapsed()));
+                if !voters.iter().any(|m| m.0 == me) {
+                    db.contact.campaigned(); // a new voter's timer starts when it becomes one
+                    continue;
+                }
+                let quiet = db.contact.quiet().map_or(start.elapsed(), |q| q.min(start.elapsed()));
                 if quiet < election::timeout(jitter, v.leader.is_some(), lease) {
                     continue;
                 }
-                attempt = Instant::now();
+                tracing::debug!(
+                    "replicated: no leader heard for {quiet:?} (leader {:?}); pre-vote",
+                    v.leader
+                );
+                db.contact.campaigned();
                 jitter = election::jitter(min, max);
                 let raft = db.raft.clone();
                 let others: Vec<(NodeId, String)> = voters.iter().filter(|m| m.0 != me).cloned().collect();

@@ -15,8 +15,10 @@
 //! openraft's timer is off (`enable_elect: false`); the node's election task (node.rs,
 //! `Database::run_elections`) runs this module's rules instead:
 //! - Every node records when it last heard from a leader ([`Contact::heard`]): each AppendEntries
-//!   the Raft core accepts (heartbeats and snapshot keep-alives included) and each snapshot it
-//!   installs.
+//!   the Raft core accepts (heartbeats and snapshot keep-alives included), each snapshot it
+//!   installs, each vote it grants (as in Raft, that restarts the timer: the candidate is about to
+//!   lead), and, while it is the leader, every tick of the election task (deposed, it then
+//!   refuses pre-votes for the lease like the new leader's other followers).
 //! - A voter that is not the leader and has heard nothing for [`timeout`] (a random part, plus the
 //!   lease while it knows a leader: what openraft would wait) sends PRE_VOTE with its last log id to the other voters.
 //!   Neither side changes any state: no term, no vote, nothing on disk.
@@ -42,18 +44,37 @@ pub struct PreVote {
     pub last_log: Option<LogId>,
 }
 
-/// When this node last heard from a leader; `None` until it first does.
+/// When this node last heard from a leader (`None` until it first does), and when it last
+/// started an election (its own timer, or CAMPAIGN).
 #[derive(Default)]
-pub struct Contact(Mutex<Option<Instant>>);
+pub struct Contact {
+    heard: Mutex<Option<Instant>>,
+    campaigned: Mutex<Option<Instant>>,
+}
 
 impl Contact {
     pub fn heard(&self) {
-        *self.0.lock() = Some(Instant::now());
+        *self.heard.lock() = Some(Instant::now());
     }
 
     /// Time since the last contact; `None` if there was none.
     pub fn since(&self) -> Option<Duration> {
-        self.0.lock().map(|t| t.elapsed())
+        self.heard.lock().map(|t| t.elapsed())
+    }
+
+    /// An election of this node starts now: its timer restarts, so it does not start another one
+    /// over it (CAMPAIGN's election raced the timer's own, and the second raised the term again).
+    pub fn campaigned(&self) {
+        *self.campaigned.lock() = Some(Instant::now());
+    }
+
+    /// Time since the later of the last contact and the last campaign; `None` if neither happened.
+    pub fn quiet(&self) -> Option<Duration> {
+        let campaigned = self.campaigned.lock().map(|t| t.elapsed());
+        match (self.since(), campaigned) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -124,6 +145,20 @@ mod tests {
         assert!(t.iter().any(|x| *x != t[0]), "not random");
         assert_eq!(timeout(min, true, LEASE), min + LEASE);
         assert_eq!(timeout(min, false, LEASE), min);
+    }
+
+    #[test]
+    fn quiet_runs_from_the_later_of_contact_and_campaign() {
+        let c = Contact::default();
+        assert_eq!(c.quiet(), None);
+        c.campaigned();
+        std::thread::sleep(Duration::from_millis(20));
+        c.heard();
+        let q = c.quiet().unwrap_or(Duration::MAX);
+        assert!(q < Duration::from_millis(20) && c.since().is_some_and(|s| s <= q + Duration::from_millis(5)));
+        std::thread::sleep(Duration::from_millis(20));
+        c.campaigned();
+        assert!(c.quiet().is_some_and(|q| q < Duration::from_millis(20)));
     }
 
     #[test]

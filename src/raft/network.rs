@@ -471,7 +471,16 @@ impl RaftService {
                 }
                 encode(&r)
             }
-            RpcBody::Vote(req) => encode(&raft.vote(req).await),
+            RpcBody::Vote(req) => {
+                let r = raft.vote(req).await;
+                // Granting a vote restarts the election timer, as in Raft: the candidate it voted
+                // for is about to lead, and a pre-vote granted now would let another node
+                // campaign over it.
+                if matches!(r, Ok(ref v) if v.vote_granted) {
+                    self.contact.heard();
+                }
+                encode(&r)
+            }
             RpcBody::ReadIndex => {
                 let r = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
                 encode(&r.0.map(|l| l.index).unwrap_or(0))
@@ -540,6 +549,7 @@ impl RaftService {
             }
             RpcBody::Campaign => {
                 // The leader hands over (replicated_transfer_leader): start an election now.
+                self.contact.campaigned();
                 raft.trigger().elect().await.map_err(|e| e.to_string())?;
                 encode(&())
             }
