@@ -815,12 +815,13 @@ impl Conn {
             let sz = u16::from_ne_bytes([b[2], b[3]]) as u32;
             let page_size = if sz == 1 { 65536 } else { sz };
             snap.exec(c"BEGIN")?;
-            snap.read_once()?; // the read transaction that pins frames 1..=mxFrame
-                               // With READ_LOCK(0), SQLite saw every frame backfilled and reads the database file
-                               // alone. That lock keeps checkpoints from writing the file, but not the WAL from being
-                               // restarted and overwritten while we copy: take nothing from the WAL then. Any other
-                               // read lock keeps the WAL from restarting, and checkpoints from copying frames past it.
-                               // SAFETY: `main` is the live main-file handle of `snap`.
+            // The read transaction that pins frames 1..=mxFrame.
+            snap.read_once()?;
+            // With READ_LOCK(0), SQLite saw every frame backfilled and reads the database file
+            // alone. That lock keeps checkpoints from writing the file, but not the WAL from being
+            // restarted and overwritten while we copy: take nothing from the WAL then. Any other
+            // read lock keeps the WAL from restarting, and checkpoints from copying frames past it.
+            // SAFETY: `main` is the live main-file handle of `snap`.
             let locks = unsafe { crate::vfs::main_state(snap.main) }.map_or(0, |m| m.read_locks());
             let mx = match locks {
                 1 => 0,

@@ -109,6 +109,15 @@ pub struct Config {
     pub heartbeat_ms: u64,
 }
 
+impl Config {
+    /// openraft's `election_timeout_max` (the election timeout is random in
+    /// [election_ms, 2 × election_ms)), which is also its leader lease: voters refuse any vote for
+    /// that long after a leader's last message.
+    pub fn election_max_ms(&self) -> u64 {
+        self.election_ms * 2
+    }
+}
+
 /// What the caller gathered: URI pairs in order, the TOML file's text, and a way to read a
 /// `secret_file` (kept as a closure so parsing stays pure in tests).
 pub struct Sources<'a> {

@@ -629,7 +629,7 @@ impl Database {
             cluster_name: "replicated".into(),
             heartbeat_interval: cfg.heartbeat_ms,
             election_timeout_min: cfg.election_ms,
-            election_timeout_max: cfg.election_ms * 2,
+            election_timeout_max: cfg.election_max_ms(),
             // openraft counts only entries; the default, log-size policy triggers snapshots itself
             // (Database::schedule_snapshots).
             snapshot_policy: match snap_policy {
@@ -661,7 +661,7 @@ impl Database {
         let contact = service.contact.clone();
         let _ = service
             .election
-            .set((log.clone(), Duration::from_millis(cfg.election_ms * 2)));
+            .set((log.clone(), Duration::from_millis(cfg.election_max_ms())));
         let net = QuicNetwork {
             transport: transport.clone(),
             sending: sending.clone(),
@@ -1214,7 +1214,9 @@ impl Database {
     fn run_elections(db: &Arc<Database>) -> Result<(), String> {
         use crate::raft::election::{self, PreVote};
         let min = Duration::from_millis(db.cfg.election_ms);
-        let (max, lease) = (min * 2, min * 2);
+        // The election timeout's upper bound is also the lease (Config::election_max_ms).
+        let max = Duration::from_millis(db.cfg.election_max_ms());
+        let lease = max;
         let tick = (min / 4).clamp(Duration::from_millis(5), Duration::from_millis(50));
         let weak = Arc::downgrade(db);
         runtime()?.spawn(async move {
@@ -1227,8 +1229,6 @@ impl Database {
                 let Some(db) = weak.upgrade() else { return };
                 let v = db.view();
                 let me = db.cfg.node;
-                let voters: Vec<(NodeId, String)> =
-                    v.members.iter().filter(|m| m.2).map(|m| (m.0, m.1.clone())).collect();
                 if v.shutdown {
                     return;
                 }
@@ -1238,7 +1238,7 @@ impl Database {
                     db.contact.heard();
                     continue;
                 }
-                if !voters.iter().any(|m| m.0 == me) {
+                if !v.members.iter().any(|m| m.0 == me && m.2) {
                     db.contact.campaigned(); // a new voter's timer starts when it becomes one
                     continue;
                 }
@@ -1253,7 +1253,13 @@ impl Database {
                 db.contact.campaigned();
                 jitter = election::jitter(min, max);
                 let raft = db.raft.clone();
-                let others: Vec<(NodeId, String)> = voters.iter().filter(|m| m.0 != me).cloned().collect();
+                let voters = v.members.iter().filter(|m| m.2).count();
+                let others: Vec<(NodeId, String)> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.2 && m.0 != me)
+                    .map(|m| (m.0, m.1.clone()))
+                    .collect();
                 let mut grants = 1;
                 if !others.is_empty() {
                     let body = match crate::raft::network::encode(&PreVote {
@@ -1276,15 +1282,15 @@ impl Database {
                     drop(db);
                     while let Some(r) = calls.join_next().await {
                         grants += usize::from(matches!(r, Ok(true)));
-                        if election::is_majority(grants, voters.len()) {
+                        if election::is_majority(grants, voters) {
                             break; // dropping `calls` cancels the calls still out
                         }
                     }
                 } else {
                     drop(db);
                 }
-                if election::is_majority(grants, voters.len()) {
-                    tracing::debug!("replicated: pre-vote won ({grants} of {}); campaigning", voters.len());
+                if election::is_majority(grants, voters) {
+                    tracing::debug!("replicated: pre-vote won ({grants} of {voters}); campaigning");
                     if raft.trigger().elect().await.is_err() {
                         return; // the Raft core has stopped
                     }
@@ -1554,7 +1560,7 @@ impl Database {
         self.raft.runtime_config().heartbeat(false);
         let result = (|| {
             // Followers refuse votes for the lease (election_timeout_max) after the last heartbeat.
-            std::thread::sleep(Duration::from_millis(self.cfg.election_ms * 2 + 20));
+            std::thread::sleep(Duration::from_millis(self.cfg.election_max_ms() + 20));
             let now_last = self.view().last_log;
             if now_last != last_log {
                 return Err(format!(
