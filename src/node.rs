@@ -1627,11 +1627,16 @@ impl Database {
 
     /// A WAL generation ended (header rewritten, truncated, or deleted): every published frame is
     /// in the database file, which SQLite has synced.
+    ///
+    /// The marker is what is *published*, never what the state machine has applied: the applier
+    /// rewrites the WAL header as the first step of writing an entry the state machine already
+    /// counts as applied, so that entry is not in the database file yet. (Marking it there lost
+    /// it on a follower killed before its record was written: reconciliation found no record,
+    /// trusted the marker and replayed from the entry after it.) Every caller holds
+    /// WAL_WRITE_LOCK or is the last connection, so `published` cannot move meanwhile.
     pub fn on_wal_reset(&self) -> Result<(), String> {
-        let m = Marker {
-            applied: self.sm.applied(),
-            last_txn: self.sm.last_txn.load(Ordering::Acquire),
-        };
+        let (applied, last_txn) = self.published();
+        let m = Marker { applied, last_txn };
         crate::failpoint::hit("checkpoint.before_marker").map_err(|e| e.to_string())?;
         self.sm
             .store

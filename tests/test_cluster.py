@@ -170,6 +170,41 @@ def test_follower_killed_mid_apply_recovers(cluster):
     assert victim.one("pragma integrity_check") == "ok"
 
 
+def test_follower_killed_as_its_applier_starts_a_wal_generation(cluster):
+    """The applier writes a new WAL header for the entry it is applying (the WAL was checkpointed
+    and truncated), which records a checkpoint marker. The marker must name what is in the
+    database file, not the entry being applied: killed right after the marker is written (second
+    pass of the failpoint; the first is the TRUNCATE below), the follower must still show that
+    entry after its restart. (It lost it before the fix; later writes to the same page hid the
+    loss, so the entry is checked before anything else is written, and in its own table.)"""
+    c = cluster(3)
+    leader = c.leader()
+    leader.sql("create table t(a)")
+    leader.sql("create table u(a)")
+    for i in range(5):
+        leader.sql("insert into t values(?)", i)
+    c.sync_all()
+    victim = c.followers()[0]
+    victim.kill()
+    victim.start(env={"REPLICATED_FAILPOINTS": "checkpoint.after_marker=2*crash"})
+    c.sync_all()
+    victim.sql("pragma wal_checkpoint(TRUNCATE)")
+    leader.sql("insert into u values(100)")
+    deadline = time.time() + 10
+    while victim.alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not victim.alive(), "the failpoint did not fire"
+    victim.proc = None
+    victim.start()
+    c.sync_all()
+    assert victim.one("select group_concat(a) from u") == "100", "the entry being applied was lost"
+    leader.sql("insert into t values(101)")
+    c.sync_all()
+    dumps = {n.id: c.dump(n, ["t", "u"]) for n in c.alive()}
+    assert all(d == dumps[leader.id] for d in dumps.values()), "nodes hold different content"
+    assert victim.one("pragma integrity_check") == "ok"
+
+
 def test_leader_replicates_before_its_own_fsync(cluster):
     """Eager replication (log_store.rs): a leader hands a small entry to its followers before its
     own fsync. A leader stuck there (failpoint: its runtime thread blocks) never acknowledges the
