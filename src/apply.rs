@@ -68,6 +68,8 @@ pub const CHECKPOINT_FRAMES: u32 = 1000;
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Bound on queued jobs; the state machine waits for each apply, so one is ever outstanding.
 const QUEUE: usize = 16;
+/// How long jobs that arrive before the database is attached wait for it (see `run`).
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
 
 pub type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
 
@@ -211,9 +213,39 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>, stalled: Arc<Mutex<Op
     let mut db: Option<Weak<Database>> = None;
     let mut conn: Option<Conn> = None;
     let mut broken: Option<String> = None;
-    while let Ok(job) = rx.recv() {
+    // Jobs that came before the attach, in order. At most one job of each kind is outstanding (each
+    // requester awaits its answer), so this holds a few at most.
+    let mut early: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    let mut waited = false;
+    loop {
+        let job = match early.pop_front() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         if let Job::Attach(w) = job {
             db = Some(w);
+            continue;
+        }
+        if db.is_none() && !waited {
+            // The Raft core starts before `Database::start` attaches the applier, so a leader's
+            // AppendEntries can have an entry applied first (it failed, and poisoned the node,
+            // before). Hold it until the attach; without one within ATTACH_WAIT the start failed,
+            // and the jobs fail below.
+            waited = true;
+            early.push_back(job);
+            let deadline = Instant::now() + ATTACH_WAIT;
+            while let Ok(next) = rx.recv_deadline(deadline) {
+                match next {
+                    Job::Attach(w) => {
+                        db = Some(w);
+                        break;
+                    }
+                    other => early.push_back(other),
+                }
+            }
             continue;
         }
         // Everything else needs the database and the applier's connection.

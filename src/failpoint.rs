@@ -2,6 +2,7 @@
 //!
 //! Actions: `crash` (the process dies at once, like kill -9: no destructors, no flush), `pause`
 //! (the calling thread sleeps forever, so a test can kill the process while it is stuck there),
+//! `delay` (the calling thread sleeps DELAY, then goes on: widens a race window for a test),
 //! `error` (the step fails with an I/O error). An action may be prefixed with `N*` to fire only on
 //! the N-th pass (`commit.after_append=3*crash`). Unknown names are harmless; the list of names
 //! lives in README.md. Read once per process; costs one atomic load when unset.
@@ -15,8 +16,12 @@ use std::sync::OnceLock;
 enum Action {
     Crash,
     Pause,
+    Delay,
     Error,
 }
+
+/// How long a `delay` failpoint holds the calling thread.
+const DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Point {
     action: Action,
@@ -41,6 +46,7 @@ fn table() -> &'static Option<Mutex<HashMap<String, Point>>> {
             let action = match act {
                 "crash" => Action::Crash,
                 "pause" => Action::Pause,
+                "delay" => Action::Delay,
                 "error" => Action::Error,
                 _ => continue,
             };
@@ -80,6 +86,11 @@ pub fn hit(name: &str) -> std::io::Result<()> {
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
+        }
+        Action::Delay => {
+            let _ = writeln!(std::io::stderr(), "replicated: failpoint {name}: delay");
+            std::thread::sleep(DELAY);
+            Ok(())
         }
         Action::Error => Err(std::io::Error::other(format!("failpoint {name}"))),
     }

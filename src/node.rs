@@ -720,6 +720,8 @@ impl Database {
             contact,
             _lock: lock,
         });
+        // The Raft core runs already: entries it commits meanwhile wait in the applier (apply.rs).
+        crate::failpoint::hit("start.before_attach").map_err(|e| format!("replicated: {e}"))?;
         applier.attach(Arc::downgrade(&db));
         db.log
             .set_eager(db.cfg.node, Database::eager_sender(Arc::downgrade(&db)));

@@ -205,6 +205,30 @@ def test_follower_killed_as_its_applier_starts_a_wal_generation(cluster):
     assert victim.one("pragma integrity_check") == "ok"
 
 
+def test_entries_committed_while_a_follower_starts_wait_for_its_applier(cluster):
+    """A restarting follower's Raft core runs before the node attaches its applier; the leader's
+    AppendEntries then has it apply the entries it missed. Held at that point (failpoint delay),
+    the applies must wait for the applier rather than fail: before the fix the node stopped
+    accepting writes ("the database is gone") until its next restart."""
+    c = cluster(3)
+    leader = c.leader()
+    leader.sql("create table t(a)")
+    c.sync_all()
+    victim = c.followers()[0]
+    victim.kill()
+    for i in range(20):
+        leader.sql("insert into t values(?)", i)
+    victim.start(env={"REPLICATED_FAILPOINTS": "start.before_attach=delay"})
+    c.sync_all()
+    assert victim.one("select count(*) from t") == 20
+    assert victim.one("select replicated_last_error()") is None
+    # It can lead and write.
+    assert leader.one("select replicated_transfer_leader(?)", victim.id) == victim.id
+    victim.sql("insert into t values(20)")
+    c.sync_all()
+    assert {n.one("select count(*) from t") for n in c.alive()} == {21}
+
+
 def test_leader_replicates_before_its_own_fsync(cluster):
     """Eager replication (log_store.rs): a leader hands a small entry to its followers before its
     own fsync. A leader stuck there (failpoint: its runtime thread blocks) never acknowledges the
