@@ -494,18 +494,19 @@ impl RaftService {
                 encode(&())
             }
             RpcBody::SnapshotChunk(c) => {
-                use std::os::unix::fs::FileExt;
+                use crate::raft::snapshot;
                 let data = self.data.get().ok_or("node is starting")?;
                 c.check_bounds()?;
-                let path = crate::raft::snapshot::incoming(data, &c.id).map_err(|e| e.to_string())?;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(c.offset == 0)
-                    .open(&path)
-                    .map_err(|e| format!("receiving a snapshot: {e}"))?;
-                f.write_all_at(&c.data, c.offset)
-                    .map_err(|e| format!("receiving a snapshot: {e}"))?;
+                let path = snapshot::incoming(data, &c.id).map_err(|e| e.to_string())?;
+                snapshot::write_chunk(&path, c.offset, &c.data).map_err(|e| format!("receiving a snapshot: {e}"))?;
+                if c.offset == 0 {
+                    // A new transfer: remove what abandoned ones left (snapshot.rs).
+                    let stale = snapshot::remove_stale_incoming(data, &path, snapshot::STALE_INCOMING);
+                    if !stale.is_empty() {
+                        tracing::info!("replicated: removed abandoned incoming snapshot(s) {stale:?}");
+                        self.receiving.lock().retain(|_, t| !stale.contains(&t.id));
+                    }
+                }
                 let t = Transfer {
                     id: c.id,
                     peer: from,
@@ -543,6 +544,9 @@ impl RaftService {
                     .map_err(|e| e.to_string());
                 if r.is_ok() {
                     self.contact.heard();
+                } else if let Ok(path) = crate::raft::snapshot::incoming(data, &d.id) {
+                    // Not installed (refused, or failed): the sender starts a transfer again.
+                    let _ = std::fs::remove_file(path);
                 }
                 self.receiving.lock().remove(&from);
                 encode(&r)

@@ -6,6 +6,11 @@
 //! <data>/snapshots/snap-<index>-<term>.json   openraft's SnapshotMeta, plus `last_txn`
 //! <data>/snapshots/incoming-<id>              a snapshot being received
 //! ```
+//! Receiving: chunks come in order, each written where the previous one ended (`write_chunk`
+//! refuses a gap, so a file removed under a live transfer fails that transfer, which the leader
+//! starts again, instead of installing a hole). A transfer that the sender gave up (leader change,
+//! timeout) leaves its file: the start of the next transfer removes files no chunk has touched for
+//! STALE_INCOMING (`remove_stale_incoming`), and a failed install removes its own.
 //! Building: on the apply thread, between applies and under WAL_WRITE_LOCK, note what is
 //! published (log id, last transaction) and open a read transaction on a connection of its own;
 //! release the lock. The copy then runs on a thread of its own while applies go on (they only add
@@ -150,6 +155,56 @@ pub fn latest(data: &Path) -> Option<(PathBuf, StoredMeta)> {
 }
 
 /// A path for a snapshot being received (`id` is sanitised: it comes from the network).
+/// A received snapshot file no chunk has written for this long belongs to a transfer its sender
+/// gave up: each chunk is answered within 30 s or the sender abandons the whole transfer.
+pub const STALE_INCOMING: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Writes one received chunk at `offset` of `path`: offset 0 starts (or restarts) the file; any
+/// other offset must be where the file ends or inside it (a resent chunk), never past its end.
+pub fn write_chunk(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .create(offset == 0)
+        .truncate(offset == 0)
+        .write(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    if offset > len {
+        return Err(io::Error::other(format!(
+            "a chunk at {offset} but only {len} bytes received: restart the transfer"
+        )));
+    }
+    f.write_all_at(data, offset)
+}
+
+/// Removes the received snapshot files other than `keep` that no chunk has written for `idle`.
+/// Returns the ids removed.
+pub fn remove_stale_incoming(data: &Path, keep: &Path, idle: std::time::Duration) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir(data)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        let Some(id) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("incoming-"))
+        else {
+            continue;
+        };
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= idle);
+        if p != keep && stale && std::fs::remove_file(&p).is_ok() {
+            removed.push(id.to_string());
+        }
+    }
+    removed
+}
+
 pub fn incoming(data: &Path, id: &str) -> io::Result<PathBuf> {
     if id.is_empty() || id.len() > 80 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(io::Error::other(format!("bad snapshot id {id:?}")));
@@ -232,6 +287,50 @@ pub fn restore_db_file(image: &Path, db: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_written_in_order_and_stale_transfers_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let live = incoming(d.path(), "live").unwrap();
+        write_chunk(&live, 0, b"abcd").unwrap();
+        write_chunk(&live, 4, b"efgh").unwrap();
+        write_chunk(&live, 2, b"CD").unwrap(); // a resent chunk
+        assert_eq!(std::fs::read(&live).unwrap(), b"abCDefgh");
+        assert!(write_chunk(&live, 12, b"ijkl").is_err(), "a gap");
+        assert_eq!(std::fs::read(&live).unwrap().len(), 8);
+        write_chunk(&live, 0, b"new").unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"new", "offset 0 restarts the file");
+        let gone = incoming(d.path(), "gone").unwrap();
+        assert!(
+            write_chunk(&gone, 4, b"x").is_err() && !gone.exists(),
+            "removed under a live transfer"
+        );
+
+        let old = incoming(d.path(), "old").unwrap();
+        write_chunk(&old, 0, b"old").unwrap();
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let fresh = incoming(d.path(), "fresh").unwrap();
+        write_chunk(&fresh, 0, b"fresh").unwrap();
+        let keep = incoming(d.path(), "keep").unwrap();
+        write_chunk(&keep, 0, b"k").unwrap();
+        File::options()
+            .write(true)
+            .open(&keep)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        assert_eq!(
+            remove_stale_incoming(d.path(), &keep, STALE_INCOMING),
+            vec!["old".to_string()]
+        );
+        assert!(!old.exists() && fresh.exists() && keep.exists() && live.exists());
+    }
 
     #[test]
     fn leftovers_are_removed_and_snapshots_kept() {
