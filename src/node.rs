@@ -444,6 +444,33 @@ fn resolve_listen(cfg: &Config) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("replicated: bad value for 'listen': {addr} resolves to nothing"))
 }
 
+/// Stops the Raft core and the transport when `Database::start` fails after starting them. They
+/// keep each other alive (the core sends through the transport, whose handler serves the core),
+/// so dropping them is not enough: the core would run on after the data directory's lock is
+/// released, and an open retried in the same process would run a second core on the same log.
+struct StartGuard {
+    /// None once the start succeeded.
+    raft: Option<Raft<TypeConfig>>,
+    transport: crate::net::Transport,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        let Some(raft) = self.raft.take() else { return };
+        let transport = self.transport.clone();
+        let stopped = run_blocking(
+            async move {
+                let _ = raft.shutdown().await;
+                transport.shutdown().await;
+            },
+            Duration::from_secs(10),
+        );
+        if let Err(e) = stopped {
+            tracing::error!("replicated: stopping a node whose start failed: {e}");
+        }
+    }
+}
+
 /// When a node snapshots its database and purges its log behind the snapshot.
 ///
 /// By default (`LogBytes`) a node snapshots when the log between its last snapshot and what it has
@@ -674,6 +701,11 @@ impl Database {
         )
         .map_err(|e| format!("replicated: starting Raft: {e}"))?
         .map_err(|e| format!("replicated: starting Raft: {e}"))?;
+        // Declared after the data directory's lock, so dropped (on a failed start) before it.
+        let mut started = StartGuard {
+            raft: Some(raft.clone()),
+            transport: transport.clone(),
+        };
         let _ = service.raft.set(raft.clone());
         let _ = service.data.set(cfg.data.clone());
 
@@ -736,6 +768,7 @@ impl Database {
             db.import_existing()?;
             Database::add_configured_peers(&db)?;
         }
+        started.raft = None; // started: the node lives as long as the process
         Ok(db)
     }
 

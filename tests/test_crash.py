@@ -195,6 +195,26 @@ def test_failed_commit_is_rolled_back_and_connection_stays_usable(tmp_path):
     assert read_state(uri) == {3}
 
 
+def test_an_open_that_fails_after_raft_started_can_be_retried(tmp_path):
+    """A start that fails after the Raft core and the transport are up (failpoint error, first
+    pass only) stops them: the same process opens the database again, on the same port and data
+    directory, and commits. (Before, the first core kept running with the lock released and the
+    port held: the retry failed to listen.)"""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    script = (f"import sqlite3\nb=sqlite3.connect(':memory:');b.enable_load_extension(True);b.load_extension({str(LIB)!r})\n"
+              f"try:\n  c=sqlite3.connect({uri!r},uri=True,isolation_level=None);c.execute('select 1')\n  print('opened')\n"
+              "except sqlite3.Error as e:\n  print('failed', e)\n"
+              f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\n"
+              "c.execute('create table t(a)');c.execute('insert into t values(1)')\n"
+              "print('rows', c.execute('select count(*) from t').fetchone()[0])\n")
+    p = subprocess.run([HOST_PY, "-c", script], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "REPLICATED_FAILPOINTS": "start.before_attach=1*error"})
+    out = p.stdout.splitlines()
+    assert p.returncode == 0, p.stderr
+    assert out[0].startswith("failed") and "failpoint" in out[0], out
+    assert out[1] == "rows 1", out
+
+
 APPLY_SCRIPT = """
 import sqlite3, sys, time
 b = sqlite3.connect(':memory:'); b.enable_load_extension(True); b.load_extension(sys.argv[1])
