@@ -621,10 +621,6 @@ impl Database {
         }
         let snapshots = cfg.data.clone();
         let durable_at_start = rec.applied.map(|l| l.index);
-        log.set_purge_guard(Box::new(move || {
-            let snap = crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index));
-            snap.max(durable_at_start)
-        }));
         let applier = crate::apply::ApplierHandle::spawn(path.display().to_string())?;
         let service = RaftService::new();
         let sm = SmShared::new(
@@ -636,6 +632,14 @@ impl Database {
             cfg.ack == crate::config::Ack::Apply,
             cfg.data.clone(),
         );
+        let installs = sm.clone();
+        log.set_purge_guard(Box::new(move || {
+            if let Some(e) = installs.install_failed.lock().clone() {
+                return Err(e);
+            }
+            let snap = crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index));
+            Ok(snap.max(durable_at_start))
+        }));
         let net_cfg = crate::net::NetConfig {
             node_id: cfg.node,
             listen,

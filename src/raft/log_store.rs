@@ -55,10 +55,13 @@
 //!    they stopped: a node whose disk is full stalls like a paused one and resumes by itself.
 //! 4. Purge never goes past what the caller asks: only entries <= its log id are hidden, and only
 //!    segment files whose every entry is <= it are deleted, after `purged` is durable. With a
-//!    `purge_guard` set (the node sets one), purge first waits, up to PURGE_WAIT, until a durable
+//!    `purge_guard` set (the node sets one), purge first waits, however long, until a durable
 //!    local snapshot covers the purge point: openraft 0.9 purges as soon as it has *queued* the
 //!    install of a received snapshot, and a crash before that install is durable would otherwise
-//!    leave a node with neither the entries nor the snapshot that replaces them.
+//!    leave a node with neither the entries nor the snapshot that replaces them. The install
+//!    takes as long as the database is large (the core waits meanwhile, as openraft runs the purge
+//!    inline), so there is no time limit; the wait ends with an error only when the guard says
+//!    the install failed.
 //! 5. Truncate deletes the later segments and fsyncs the directory before it shortens the segment
 //!    holding the truncation point, so a crash midway leaves a prefix of the old log, never a hole.
 //! 6. `vote` and `purged` are replaced atomically (tmp file, fsync, rename, fsync dir). `committed`
@@ -196,11 +199,12 @@ struct ZeroJob {
     failed: Arc<AtomicBool>,
 }
 
-/// Tells the index up to which a durable local snapshot holds the state, if any.
-pub type PurgeGuard = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+/// Tells the index up to which a durable local snapshot holds the state, if any; an error when
+/// the install a purge would wait for has failed.
+pub type PurgeGuard = Box<dyn Fn() -> Result<Option<u64>, String> + Send + Sync>;
 
-/// How long a purge waits for the snapshot that covers it to become durable (invariant 4).
-const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a purge that waits for a snapshot install says so in the log.
+const PURGE_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct State {
     /// Keyed by the index in the file name (that of the segment's first record).
@@ -784,19 +788,27 @@ impl LogStore {
     /// Waits until the purge guard (if any) reports a durable snapshot at or after `index`.
     async fn wait_for_snapshot_covering(&self, index: u64) -> io::Result<()> {
         let start = std::time::Instant::now();
+        let mut report = start + PURGE_WAIT_REPORT;
         loop {
             let covered = match &*self.inner.purge_guard.lock() {
                 None => return Ok(()),
                 Some(guard) => guard(),
             };
+            let covered = covered.map_err(|e| {
+                io::Error::other(format!(
+                    "raft log: not purging up to {index}: no snapshot will cover it: {e}"
+                ))
+            })?;
             if covered.is_some_and(|c| c >= index) {
                 return Ok(());
             }
-            if start.elapsed() > PURGE_WAIT {
-                return Err(io::Error::other(format!(
-                    "raft log: no durable snapshot covers index {index} after {PURGE_WAIT:?} (latest: {covered:?}); \
-                     not purging"
-                )));
+            if std::time::Instant::now() >= report {
+                report += PURGE_WAIT_REPORT;
+                tracing::warn!(
+                    "replicated: purging the log up to {index} waits for the snapshot install to be durable \
+                     ({:?} so far; latest durable: {covered:?})",
+                    start.elapsed()
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -1342,6 +1354,36 @@ mod tests {
         assert_eq!(terms[12..], [(1, 12), (1, 13), (2, 14), (2, 15), (2, 16)]);
         s.truncate(log_id(1, 1, 0)).await.unwrap();
         assert!(segs(d.path()).is_empty() && s.last_log_id().is_none());
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_the_snapshot_that_covers_it() {
+        use std::sync::atomic::AtomicU64;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store_with(d.path(), txns(0..30)).await;
+        // 0: nothing durable; u64::MAX: the install failed.
+        let covered = Arc::new(AtomicU64::new(0));
+        let c = covered.clone();
+        s.set_purge_guard(Box::new(move || match c.load(SeqCst) {
+            0 => Ok(None),
+            u64::MAX => Err("the install failed".into()),
+            n => Ok(Some(n)),
+        }));
+        let mut waiting = s.clone();
+        let purge = tokio::spawn(async move { waiting.purge(log_id(1, 1, 12)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!purge.is_finished(), "purged before a snapshot covers it");
+        covered.store(11, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!purge.is_finished(), "purged past the snapshot");
+        assert_eq!(list_segments(d.path()).unwrap()[0].0, 0);
+        covered.store(12, SeqCst);
+        purge.await.unwrap().unwrap();
+        assert_eq!(list_segments(d.path()).unwrap()[0].0, 12);
+        // A failed install ends the wait with an error, and nothing is purged.
+        covered.store(u64::MAX, SeqCst);
+        assert!(s.purge(log_id(1, 1, 20)).await.is_err());
+        assert_eq!(list_segments(d.path()).unwrap()[0].0, 12);
     }
 
     #[tokio::test]

@@ -111,6 +111,9 @@ pub struct SmShared {
     /// What the database files show readers now: the log id and last transaction of the newest
     /// published transaction (set under WAL_WRITE_LOCK by whoever publishes). Snapshots copy this.
     pub published: Mutex<(Option<LogId>, u64)>,
+    /// Why the last snapshot install failed (None once one succeeds): a purge that waits for
+    /// that install gives up (log_store.rs, invariant 4).
+    pub install_failed: Mutex<Option<String>>,
     /// The node's data directory (snapshots live there).
     pub data: std::path::PathBuf,
     /// Set when this node can no longer serve writes correctly until it restarts.
@@ -151,6 +154,7 @@ impl SmShared {
             node_id,
             store,
             published: Mutex::new((applied, last_txn)),
+            install_failed: Mutex::new(None),
             state: Mutex::new(SmState {
                 memberships: vec![membership.clone()],
                 applied,
@@ -347,7 +351,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         data: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
+        let failed = &self.0.install_failed;
+        *failed.lock() = None;
         let io = |e: String| {
+            *failed.lock() = Some(e.clone());
             StorageError::from_io_error(
                 openraft::ErrorSubject::None,
                 openraft::ErrorVerb::Write,
