@@ -5,7 +5,8 @@
 //! (`vfs::capture::capture_from`) over it, then splits and reassembles each captured transaction
 //! (`Txn::into_parts`, `Assembler`). Besides "never panic", it checks that the two readers agree:
 //! every commit `scan` accepts is exactly what `capture_from` yields when started after the
-//! previous commit, as at the commit sync, and nothing is captured past the last one.
+//! previous commit, as at the commit sync, and nothing is captured past the last one. A commit
+//! hint (where the VFS saw the commit frame written), right or wrong, changes nothing.
 //!
 //! A mutated byte almost always breaks the checksum chain, which only exercises the refusal. So
 //! each input is checked twice: as is, and with its checksums recomputed (header, then every
@@ -16,7 +17,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use replicated::raft::types::Txn;
-use replicated::vfs::capture::{capture_from, capture_with, CaptureError, ShmHeader};
+use replicated::vfs::capture::{capture_from, capture_with, CaptureError, ShmHeader, INLINE_BYTES};
 use replicated::wal::frames::{be32, checksum, put_be32, scan, FrameHeader, WalHeader, FRAME_HDR, WAL_HDR};
 use replicated_fuzz::read_exact;
 
@@ -119,10 +120,24 @@ fn check(data: &[u8]) {
         let (pgnos, pages) = all_parts(&mut cap, read);
         assert_eq!(pages.len(), pgnos.len() * h.page_size as usize);
         // Read again part by part from the WAL (as a large transaction is): the same pages.
-        let Ok(mut streamed) = capture_with(&shm, 0, 1 << 20, read) else {
+        let Ok(mut streamed) = capture_with(&shm, 0, 1 << 20, None, read) else {
             panic!("capture refused a commit when streaming");
         };
         assert_eq!(all_parts(&mut streamed, read), (pgnos.clone(), pages.clone()));
+        // With the commit frame's offset as the hint (what the VFS notes), or a wrong one.
+        let hints = [
+            h.frame_offset(c.frame),
+            data.len() as u64,
+            h.frame_offset(prev.0 + 1),
+            h.frame_offset(c.frame + 1),
+        ];
+        for hint in hints {
+            let Ok(mut hinted) = capture_with(&shm, INLINE_BYTES, 1 << 20, Some(hint), read) else {
+                panic!("capture refused a commit with hint {hint}");
+            };
+            assert_eq!((hinted.pos, hinted.db_size), (cap.pos, cap.db_size), "hint {hint}");
+            assert_eq!(all_parts(&mut hinted, read), (pgnos.clone(), pages.clone()), "hint {hint}");
+        }
         let txn = Txn {
             origin: 1,
             txn_id: c.frame,
@@ -151,6 +166,10 @@ fn check(data: &[u8]) {
         assert!(
             capture_from(&shm, read).is_err(),
             "capture found a commit past scan's last"
+        );
+        assert!(
+            capture_with(&shm, INLINE_BYTES, 1 << 20, Some(data.len() as u64), read).is_err(),
+            "capture found a commit past scan's last with a hint"
         );
     }
 }

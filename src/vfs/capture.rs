@@ -8,6 +8,12 @@
 //! Rebuilding the transaction from the `xWrite` stream would be fragile: cache spills rewrite
 //! frames in place and `walRewriteChecksums` rewrites headers.
 //!
+//! Reads: pass 1 reads up to READ_AHEAD_BYTES of frames per call when it knows where the commit
+//! frame is (`commit_hint`: the VFS notes where SQLite wrote the commit frame's header), so a
+//! transaction of a few hundred pages costs one `pread`, not one per frame. The hint only sizes
+//! the reads: every frame is verified as before, and a wrong hint (beyond the end of the file, or
+//! short of the commit) costs single-frame reads, never a different result (fuzzed).
+//!
 //! Memory: the frames are read twice for a large transaction, never held whole. The first pass
 //! verifies the chain up to the commit frame and notes (page number, frame number) for every frame;
 //! it also keeps the page images while they fit in one log entry (`INLINE_BYTES`), the common case,
@@ -30,6 +36,8 @@ pub const INLINE_BYTES: usize = PART_BYTES;
 /// Most WAL frames one transaction may write: 2^23, 32 GiB of 4 KiB pages. The leader holds
 /// 8 bytes per frame while it commits (at most 64 MiB).
 pub const MAX_TXN_FRAMES: u64 = 1 << 23;
+/// Most bytes of frames pass 1 reads with one call (a bound on its buffer).
+pub const READ_AHEAD_BYTES: u64 = 256 << 10;
 
 /// Where a captured transaction sits in this node's WAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,28 +216,37 @@ pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bo
     read(f, buf.as_mut_ptr() as *mut _, buf.len() as i32, off as i64) == ffi::SQLITE_OK
 }
 
-/// Captures the transaction being committed. `main` and `wal` are the wrapped OS files.
+/// Captures the transaction being committed. `main` and `wal` are the wrapped OS files;
+/// `commit_hint` is the offset at which SQLite wrote the commit frame's header, if noted.
 ///
 /// # Safety
 /// Called at the commit sync, with the WAL write lock held by this connection.
-pub unsafe fn capture(main: *mut ffi::sqlite3_file, wal: *mut ffi::sqlite3_file) -> Result<Captured, CaptureError> {
+pub unsafe fn capture(
+    main: *mut ffi::sqlite3_file,
+    wal: *mut ffi::sqlite3_file,
+    commit_hint: Option<u64>,
+) -> Result<Captured, CaptureError> {
     let shm = read_shm_header(main)?;
-    capture_from(&shm, |off, buf| read_at(wal, off, buf))
+    capture_with(&shm, INLINE_BYTES, MAX_TXN_FRAMES, commit_hint, |off, buf| {
+        read_at(wal, off, buf)
+    })
 }
 
 /// The pure part of `capture`: given the published wal-index header and a way to read the WAL
 /// (`read_at(offset, buf) -> bool`, false on a short read), verifies and collects the frames after
 /// `shm.mx_frame` up to the first commit frame. No SQLite call, so it is fuzzed over a buffer.
 pub fn capture_from(shm: &ShmHeader, read_at: impl FnMut(u64, &mut [u8]) -> bool) -> Result<Captured, CaptureError> {
-    capture_with(shm, INLINE_BYTES, MAX_TXN_FRAMES, read_at)
+    capture_with(shm, INLINE_BYTES, MAX_TXN_FRAMES, None, read_at)
 }
 
 /// `capture_from` with its limits as parameters: keep page images in memory up to `inline_bytes`
-/// of distinct pages, refuse more than `max_frames` frames (tests and fuzzing use small ones).
+/// of distinct pages, refuse more than `max_frames` frames (tests and fuzzing use small ones);
+/// `commit_hint` as for `capture`.
 pub fn capture_with(
     shm: &ShmHeader,
     inline_bytes: usize,
     max_frames: u64,
+    commit_hint: Option<u64>,
     mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
 ) -> Result<Captured, CaptureError> {
     let mut hb = [0u8; WAL_HDR];
@@ -247,7 +264,16 @@ pub fn capture_with(
     };
     let first = shm.mx_frame as u64 + 1;
     let mut running = if shm.mx_frame == 0 { hdr.cksum } else { shm.frame_cksum };
-    let mut frame = vec![0u8; hdr.frame_size() as usize];
+    let fs = hdr.frame_size();
+    // The frame number the hint points at, if it is a frame header's offset at all.
+    let hint = commit_hint
+        .and_then(|o| o.checked_sub(WAL_HDR as u64))
+        .filter(|o| o % fs == 0)
+        .map(|o| o / fs + 1);
+    let per_read = (READ_AHEAD_BYTES / fs).max(1);
+    // Frames `buf_first ..` of the WAL, `buf.len() / fs` of them.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_first = 0u64;
     // Pass 1: every frame's page, and the images while they fit inline.
     let mut frames: Vec<(u32, u32)> = Vec::new();
     let mut inline: Option<BTreeMap<u32, Vec<u8>>> = Some(BTreeMap::new());
@@ -260,13 +286,30 @@ pub fn capture_with(
         let Ok(n32) = u32::try_from(n) else {
             return Err(CaptureError::TooLarge(n - first + 1));
         };
-        if !read_at(hdr.frame_offset(n), &mut frame) {
-            return Err(CaptureError::Io(
-                ffi::SQLITE_IOERR_READ,
-                format!("WAL frame {n} unreadable before the commit frame"),
-            ));
+        let buffered = n >= buf_first && (n - buf_first) < buf.len() as u64 / fs;
+        if !buffered {
+            let want = match hint {
+                Some(h) if h >= n => (h - n + 1).min(per_read),
+                _ => 1,
+            };
+            buf.resize((want * fs) as usize, 0);
+            let mut ok = read_at(hdr.frame_offset(n), &mut buf);
+            if !ok && want > 1 {
+                // The hint was wrong (the file ends sooner): read this one frame.
+                buf.truncate(fs as usize);
+                ok = read_at(hdr.frame_offset(n), &mut buf);
+            }
+            if !ok {
+                return Err(CaptureError::Io(
+                    ffi::SQLITE_IOERR_READ,
+                    format!("WAL frame {n} unreadable before the commit frame"),
+                ));
+            }
+            buf_first = n;
         }
-        let Some((fh, ck)) = FrameHeader::verify(&hdr, running, &frame) else {
+        let at = ((n - buf_first) * fs) as usize;
+        let frame = &buf[at..at + fs as usize];
+        let Some((fh, ck)) = FrameHeader::verify(&hdr, running, frame) else {
             return Err(CaptureError::Io(
                 ffi::SQLITE_IOERR_READ,
                 format!("WAL frame {n} fails its checksum/salt check at commit"),
@@ -288,7 +331,7 @@ pub fn capture_with(
             }
         }
         if fh.db_size != 0 {
-            debug_assert_eq!(be32(&frame, 4), fh.db_size);
+            debug_assert_eq!(be32(frame, 4), fh.db_size);
             break (fh.db_size, ck);
         }
         n += 1;
@@ -426,7 +469,7 @@ mod tests {
         assert_eq!((first.db_size, first.pos.commit_frame), (2, 2));
         assert_eq!(all(&mut first, &file).0, vec![1, 2]);
         for inline in [INLINE_BYTES, 0] {
-            let Ok(mut second) = capture_with(&after(2, commits[0].cksum), inline, 100, |o, b| read(&file, o, b))
+            let Ok(mut second) = capture_with(&after(2, commits[0].cksum), inline, 100, None, |o, b| read(&file, o, b))
             else {
                 panic!("second transaction not captured");
             };
@@ -442,10 +485,62 @@ mod tests {
         assert!(capture_from(&after(0, (0, 0)), |o, b| read(&file[..100], o, b)).is_err());
         // More frames than the limit: refused.
         assert!(matches!(
-            capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 3, |o, b| read(&file, o, b)),
+            capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 3, None, |o, b| read(
+                &file, o, b
+            )),
             Err(CaptureError::TooLarge(4))
         ));
-        assert!(capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 4, |o, b| read(&file, o, b)).is_ok());
+        assert!(
+            capture_with(&after(2, commits[0].cksum), INLINE_BYTES, 4, None, |o, b| read(
+                &file, o, b
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_commit_hint_sizes_reads_but_never_changes_the_result() {
+        // Transaction 1: frames 1-3; transaction 2: frames 4-1203 (1200 pages, more than one
+        // read ahead of 512-byte frames), then frames of an uncommitted tail.
+        let mut frames = vec![(1, 0), (2, 0), (3, 3)];
+        frames.extend((1..1200).map(|p| (p, 0)));
+        frames.push((1200, 1200));
+        frames.extend([(7, 0), (8, 0)]);
+        let (file, commits) = wal(&frames);
+        let fs = 512 + FRAME_HDR as u64;
+        let offset = |frame: u64| WAL_HDR as u64 + (frame - 1) * fs;
+        let run = |hint: Option<u64>| {
+            let mut reads = 0;
+            let cap = capture_with(&after(3, commits[0].cksum), INLINE_BYTES, 1 << 20, hint, |o, b| {
+                reads += 1;
+                read(&file, o, b)
+            });
+            let cap = cap.map(|mut c| (c.pos, c.db_size, all(&mut c, &file)));
+            (cap.ok(), reads)
+        };
+        let (expected, unhinted) = run(None);
+        assert!(expected.is_some());
+        assert_eq!(unhinted, 1 + 1200, "the header, then one read per frame");
+        let (got, reads) = run(Some(offset(1203)));
+        assert_eq!(got, expected);
+        let per_read = READ_AHEAD_BYTES / fs;
+        assert_eq!(
+            reads as u64,
+            1 + 1200u64.div_ceil(per_read),
+            "the header, then full read-aheads"
+        );
+        let wrong = [
+            offset(1203) + 1,            // not a frame header
+            offset(5000),                // beyond the end of the file
+            offset(600),                 // short of the commit frame
+            offset(1),                   // before the transaction
+            offset(frames.len() as u64), // past the commit, inside the file
+            0,
+            u64::MAX,
+        ];
+        for hint in wrong {
+            assert_eq!(run(Some(hint)).0, expected, "hint {hint}");
+        }
     }
 
     #[test]

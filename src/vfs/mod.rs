@@ -53,6 +53,8 @@ pub struct MainState {
     locks: ShmLocks,
     /// A commit frame was written since this handle took WAL_WRITE_LOCK.
     commit_pending: bool,
+    /// Where the last commit frame's header was written: sizes capture's reads (capture.rs).
+    commit_hint: Option<u64>,
     /// The log id of the transaction this handle committed and SQLite is publishing; recorded as
     /// published when the handle releases WAL_WRITE_LOCK (publication happens before that).
     claimed: Option<(crate::raft::types::LogId, u64)>,
@@ -222,6 +224,7 @@ unsafe extern "C" fn v_open(
                 internal,
                 locks: ShmLocks::default(),
                 commit_pending: false,
+                commit_hint: None,
                 claimed: None,
                 real: (*rf).real,
                 last_error: Mutex::new(None),
@@ -411,6 +414,7 @@ unsafe extern "C" fn x_write(
                 let h = std::slice::from_raw_parts(buf as *const u8, 24);
                 if crate::wal::frames::be32(h, 4) != 0 {
                     st.commit_pending = true;
+                    st.commit_hint = u64::try_from(off).ok();
                 }
             } else if n == 32 && off == 0 {
                 // A new WAL generation begins (SQLite's writer or the applier writes its header):
@@ -475,7 +479,7 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_file) -> c_int {
     let captured = crate::failpoint::hit("capture.start")
         .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
-        .and_then(|()| capture::capture(st.real, wal));
+        .and_then(|()| capture::capture(st.real, wal, st.commit_hint.take()));
     let result = match captured {
         Ok(cap) => db.commit(cap, |off, buf| capture::read_at(wal, off, buf)),
         Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
