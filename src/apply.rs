@@ -897,7 +897,11 @@ impl Conn {
         let ps = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
         let page_size = if ps == 1 { 65536 } else { ps };
         let len = file.metadata().map_err(|e| e.to_string())?.len();
-        if page_size < 512 || len == 0 || len % page_size as u64 != 0 {
+        if !(512..=65536).contains(&page_size)
+            || !page_size.is_power_of_two()
+            || len == 0
+            || len % page_size as u64 != 0
+        {
             return Err(format!(
                 "the snapshot image has a bad size ({len} bytes, page size {page_size})"
             ));

@@ -486,11 +486,18 @@ impl RaftService {
                 encode(&r.0.map(|l| l.index).unwrap_or(0))
             }
             RpcBody::Applied(idx) => {
-                let mut m = self.applied.lock();
-                let e = m.entry(from).or_insert(0);
-                *e = (*e).max(idx);
-                drop(m);
-                self.applied_notify.notify_waiters();
+                // Only members' reports are kept: the map stays as small as the cluster, whatever
+                // ids peers claim.
+                let members = raft.metrics().borrow().membership_config.clone();
+                let is_member = |id: &NodeId| members.membership().get_node(id).is_some();
+                if is_member(&from) {
+                    let mut m = self.applied.lock();
+                    let e = m.entry(from).or_insert(0);
+                    *e = (*e).max(idx);
+                    m.retain(|id, _| is_member(id));
+                    drop(m);
+                    self.applied_notify.notify_waiters();
+                }
                 encode(&())
             }
             RpcBody::SnapshotChunk(c) => {
