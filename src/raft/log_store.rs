@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! log-<first index, 20 digits>.seg   segment files, consecutive in index order
-//! vote                               the last saved vote
+//! vote.slots                         the last saved vote, in one of two slots (below)
+//! vote                               the vote as older versions saved it (read, then replaced)
 //! purged                             the last purged log id
 //! committed                          the last committed log id (may lag, see invariant 6)
 //! ```
@@ -22,8 +23,20 @@
 //!
 //! The first record of `log-F.seg` holds index F and every record holds the index after its
 //! predecessor's. An append starts a new segment when the active one has reached the size limit
-//! (64 MiB), so a segment exceeds the limit by at most one record. `vote`, `purged` and
-//! `committed` each hold one record of the same shape (postcard of Vote, LogId, Option<LogId>).
+//! (64 MiB), so a segment exceeds the limit by at most one record. `purged` and `committed` each
+//! hold one record of the same shape (postcard of LogId, Option<LogId>).
+//!
+//! `vote.slots` is two 4 KiB slots, each zeros or one record of postcard `(seq, Vote)` padded with
+//! zeros. A vote is saved with sequence number `seq` into slot `seq % 2`, overwriting the older
+//! of the two in place, and `fdatasync`ed: the other slot keeps the previous vote, so a torn
+//! write loses only the vote being saved, which was never acknowledged. On open the valid slot
+//! with the higher `seq` is the vote. Why not a new file renamed into place, as before: that took
+//! two fsyncs and a directory update per vote (measured here: p50 340 µs, p99 4 ms, against
+//! 70 µs and 0.1–0.9 ms in place), and every election waits for the candidate's and then a
+//! voter's save (under disk load, 80–120 ms each were seen, longer than the vote RPC's timeout).
+//! The file is created once, atomically (written, synced, renamed, directory synced), holding
+//! the first vote; a `vote` file of an older version is read when there is no `vote.slots` and
+//! removed once `vote.slots` exists.
 //!
 //! RECOVERY
 //!
@@ -64,7 +77,8 @@
 //!    the install failed.
 //! 5. Truncate deletes the later segments and fsyncs the directory before it shortens the segment
 //!    holding the truncation point, so a crash midway leaves a prefix of the old log, never a hole.
-//! 6. `vote` and `purged` are replaced atomically (tmp file, fsync, rename, fsync dir). `committed`
+//! 6. `purged` is replaced atomically (tmp file, fsync, rename, fsync dir), the vote by its slot
+//!    (above); an acknowledged vote is never lost: only the older slot is overwritten. `committed`
 //!    is overwritten in place without fsync, at most every COMMITTED_EVERY (10 ms), as openraft
 //!    allows it to lag: a lag only makes a restart replay fewer entries before Raft re-commits
 //!    them. A torn one reads as None, and one beyond the recovered log is clamped to the last
@@ -154,7 +168,12 @@ const RECENT_ENTRY_BYTES: usize = 1 << 20;
 pub const EAGER_BYTES: usize = 64 << 10;
 /// `committed` is written at most this often (a pwrite on the commit path otherwise).
 const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// The vote file of earlier versions (read only).
 const VOTE: &str = "vote";
+const VOTE_SLOTS: &str = "vote.slots";
+/// Size of each of the two slots of `vote.slots` (one block each: writing one never rewrites the
+/// block of the other).
+const VOTE_SLOT: usize = 4096;
 const PURGED: &str = "purged";
 const COMMITTED: &str = "committed";
 
@@ -212,6 +231,8 @@ struct State {
     /// One location per present (unpurged) entry, consecutive indexes.
     index: VecDeque<Loc>,
     vote: Option<Vote>,
+    /// Sequence number of the vote in `vote.slots`; None while that file does not exist.
+    vote_seq: Option<u64>,
     purged: Option<LogId>,
     committed: Option<LogId>,
     /// Opened by the first `save_committed`.
@@ -368,12 +389,59 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `dir/name` atomically and durably with one record holding `value`.
 fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+    write_bytes_atomic(dir, name, &encode_record(value)?)
+}
+
+/// Replaces `dir/name` atomically and durably with `bytes`.
+fn write_bytes_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp)?;
-    f.write_all(&encode_record(value)?)?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
+}
+
+/// Slot `seq % 2` of `vote.slots` holding `(seq, vote)`, padded to VOTE_SLOT.
+fn encode_vote_slot(seq: u64, vote: &Vote) -> io::Result<Vec<u8>> {
+    let mut b = encode_record(&(seq, *vote))?;
+    if b.len() > VOTE_SLOT {
+        return Err(refuse(format!("a vote record of {} bytes", b.len())));
+    }
+    b.resize(VOTE_SLOT, 0);
+    Ok(b)
+}
+
+/// The vote in `vote.slots` and its sequence number: the valid slot with the higher one. None
+/// when the file does not exist. A slot of zeros was never written; a damaged slot is a write
+/// that never completed, unless both are damaged (corruption: nothing is guessed).
+fn read_vote_slots(path: &Path) -> io::Result<Option<(u64, Option<Vote>)>> {
+    let bytes = match fs::read(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let (mut best, mut damaged) = (None::<(u64, Vote)>, 0);
+    for k in 0..2 {
+        let slot = bytes.get(k * VOTE_SLOT..).unwrap_or(&[]);
+        let slot = &slot[..slot.len().min(VOTE_SLOT)];
+        if slot.iter().all(|b| *b == 0) {
+            continue;
+        }
+        match decode_record(slot)
+            .ok()
+            .and_then(|p| postcard::from_bytes::<(u64, Vote)>(p).ok())
+        {
+            Some((seq, v)) if best.is_none_or(|(s, _)| seq > s) => best = Some((seq, v)),
+            Some(_) => {}
+            None => damaged += 1,
+        }
+    }
+    match best {
+        Some((seq, v)) => Ok(Some((seq, Some(v)))),
+        None if damaged > 0 => Err(corrupt(path.display(), "no valid vote slot")),
+        // Both slots zero: only a file created by hand looks like this.
+        None => Ok(Some((0, None))),
+    }
 }
 
 fn read_meta<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
@@ -647,10 +715,15 @@ impl LogStore {
             tracing::warn!("{e}; ignoring the committed log id (it may lag)");
             None
         });
+        let (vote, vote_seq) = match read_vote_slots(&dir.join(VOTE_SLOTS))? {
+            Some((seq, vote)) => (vote, Some(seq)),
+            None => (read_meta(&dir.join(VOTE))?, None),
+        };
         let mut st = State {
             segments: BTreeMap::new(),
             index: VecDeque::new(),
-            vote: read_meta(&dir.join(VOTE))?,
+            vote,
+            vote_seq,
             purged: read_meta(&dir.join(PURGED))?,
             committed: committed.flatten(),
             committed_file: None,
@@ -1092,10 +1165,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        // A failed write_atomic leaves the old vote file in place: retrying on ENOSPC is safe.
+        // Only the older slot is written (or, the first time, a new file renamed into place), so
+        // a failed attempt leaves the saved vote intact: retrying on ENOSPC is safe.
         self.until_space("saving the vote", || {
             self.write(|st, inner| {
-                write_atomic(&inner.dir, VOTE, vote).map_err(space)?;
+                match st.vote_seq {
+                    Some(prev) => {
+                        let seq = prev + 1;
+                        let slot = encode_vote_slot(seq, vote)?;
+                        let f = OpenOptions::new().write(true).open(inner.dir.join(VOTE_SLOTS))?;
+                        f.write_all_at(&slot, (seq % 2) * VOTE_SLOT as u64).map_err(space)?;
+                        f.sync_data()?;
+                        st.vote_seq = Some(seq);
+                    }
+                    None => {
+                        let mut file = vec![0u8; 2 * VOTE_SLOT];
+                        file[VOTE_SLOT..].copy_from_slice(&encode_vote_slot(1, vote)?);
+                        write_bytes_atomic(&inner.dir, VOTE_SLOTS, &file).map_err(space)?;
+                        st.vote_seq = Some(1);
+                        // The slots file is durable: the old-format vote is not read any more.
+                        match fs::remove_file(inner.dir.join(VOTE)) {
+                            Err(e) if e.kind() != ErrorKind::NotFound => {
+                                tracing::warn!("replicated: cannot remove the old vote file: {e}")
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 st.vote = Some(*vote);
                 Ok(())
             })
@@ -1575,7 +1671,63 @@ mod tests {
         );
         fs::write(d.path().join(COMMITTED), [7, 0, 0, 0, 1]).unwrap();
         assert_eq!(LogStore::open(d.path()).unwrap().read_committed_sync(), None);
-        // A damaged vote is not guessed at.
+        // A damaged vote is not guessed at: both slots damaged.
+        fs::write(d.path().join(VOTE_SLOTS), [7u8; 2 * VOTE_SLOT]).unwrap();
+        assert!(LogStore::open(d.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_torn_vote_write_keeps_the_previous_vote() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store_with(d.path(), txns(0..3)).await;
+        for term in 1..=5 {
+            s.save_vote(&Vote::new(term, 2)).await.unwrap();
+        }
+        drop(s);
+        let path = d.path().join(VOTE_SLOTS);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 2 * VOTE_SLOT as u64);
+        let mut s = LogStore::open(d.path()).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
+        // Saving term 6 overwrites the slot of term 4 (seq 6 % 2 == 0); tear that write.
+        s.save_vote(&Vote::new(6, 2)).await.unwrap();
+        drop(s);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xab; 5], 6).unwrap(); // inside slot 0's payload
+        let mut s = LogStore::open(d.path()).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(5, 2)), "the previous vote");
+        // The next save (sequence 6 again) rewrites the damaged slot.
+        s.save_vote(&Vote::new_committed(7, 3)).await.unwrap();
+        drop(s);
+        let mut s = LogStore::open(d.path()).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new_committed(7, 3)));
+        // Only zeros in one slot (the other never written since creation): the written one.
+        let d2 = tempfile::tempdir().unwrap();
+        let mut s2 = store_with(d2.path(), txns(0..1)).await;
+        s2.save_vote(&Vote::new(9, 1)).await.unwrap();
+        drop(s2);
+        assert_eq!(
+            LogStore::open(d2.path()).unwrap().read_vote().await.unwrap(),
+            Some(Vote::new(9, 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vote_of_the_old_format_is_read_then_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        drop(store_with(d.path(), txns(0..2)).await);
+        write_atomic(d.path(), VOTE, &Vote::new_committed(4, 1)).unwrap();
+        let mut s = LogStore::open(d.path()).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new_committed(4, 1)));
+        s.save_vote(&Vote::new(5, 2)).await.unwrap();
+        assert!(!d.path().join(VOTE).exists() && d.path().join(VOTE_SLOTS).exists());
+        drop(s);
+        assert_eq!(
+            LogStore::open(d.path()).unwrap().read_vote().await.unwrap(),
+            Some(Vote::new(5, 2))
+        );
+        // A damaged old-format vote is not guessed at either.
+        let d = tempfile::tempdir().unwrap();
+        drop(store_with(d.path(), txns(0..2)).await);
         fs::write(d.path().join(VOTE), [7, 0, 0, 0, 1]).unwrap();
         assert!(LogStore::open(d.path()).is_err());
     }
