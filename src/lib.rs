@@ -92,13 +92,23 @@ unsafe fn init(db: *mut sys::sqlite3, pz_err: *mut *mut c_char, p_api: *mut sys:
                 set_err(e);
                 return sys::SQLITE_ERROR;
             }
-            let rc = sys::sqlite3_exec(
-                db,
-                c"PRAGMA main.synchronous=FULL".as_ptr(),
-                None,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
+            // The pragma reads the schema, so it can meet the node's applier holding the WAL
+            // locks (entries applied as the node starts), and the application has had no chance
+            // to set a busy handler yet: wait for the lock here, a bounded time.
+            let deadline = std::time::Instant::now() + PRAGMA_BUSY_WAIT;
+            let rc = loop {
+                let rc = sys::sqlite3_exec(
+                    db,
+                    c"PRAGMA main.synchronous=FULL".as_ptr(),
+                    None,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                if rc & 0xff != sys::SQLITE_BUSY || std::time::Instant::now() >= deadline {
+                    break rc;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            };
             if rc != sys::SQLITE_OK {
                 let msg = ffi::cstr(sys::sqlite3_errmsg(db)).unwrap_or_default();
                 set_err(&format!("replicated: cannot set synchronous=FULL: {msg}"));
@@ -108,6 +118,9 @@ unsafe fn init(db: *mut sys::sqlite3, pz_err: *mut *mut c_char, p_api: *mut sys:
     }
     sys::SQLITE_OK
 }
+
+/// How long opening a replicated database waits for the WAL locks to set synchronous=FULL.
+const PRAGMA_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Entry point for `sqlite3_load_extension` / `.load` / `load_extension()`. Registers the VFS and
 /// the SQL functions and stays loaded for the life of the process (SQLITE_OK_LOAD_PERMANENTLY).
