@@ -149,6 +149,17 @@ def test_full_cluster_kill_and_restart(cluster):
     assert len({n.one("select count(*) from acked") for n in c.alive()}) == 1
 
 
+def restart_after_failpoint_crash(node, timeout=10):
+    """Waits for `node`'s failpoint to kill it (the test fails if it does not), then restarts it
+    without failpoints."""
+    deadline = time.time() + timeout
+    while node.alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not node.alive(), "the failpoint did not fire"
+    node.proc = None
+    node.start()
+
+
 def test_follower_killed_mid_apply_recovers(cluster):
     c = cluster(3)
     leader = c.leader()
@@ -159,12 +170,7 @@ def test_follower_killed_mid_apply_recovers(cluster):
     c.sync_all()
     for i in range(10):
         leader.sql("insert into t values(?)", i)
-    deadline = time.time() + 10
-    while victim.alive() and time.time() < deadline:
-        time.sleep(0.05)
-    assert not victim.alive(), "the failpoint did not fire"
-    victim.proc = None
-    victim.start()
+    restart_after_failpoint_crash(victim)
     c.sync_all()
     assert victim.one("select count(*) from t") == 10
     assert victim.one("pragma integrity_check") == "ok"
@@ -190,12 +196,7 @@ def test_follower_killed_as_its_applier_starts_a_wal_generation(cluster):
     c.sync_all()
     victim.sql("pragma wal_checkpoint(TRUNCATE)")
     leader.sql("insert into u values(100)")
-    deadline = time.time() + 10
-    while victim.alive() and time.time() < deadline:
-        time.sleep(0.05)
-    assert not victim.alive(), "the failpoint did not fire"
-    victim.proc = None
-    victim.start()
+    restart_after_failpoint_crash(victim)
     c.sync_all()
     assert victim.one("select group_concat(a) from u") == "100", "the entry being applied was lost"
     leader.sql("insert into t values(101)")

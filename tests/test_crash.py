@@ -19,6 +19,14 @@ from util import LIB, LIB_SO, REPO, free_port, make_existing_db, repl_uri, run_s
 
 pytestmark = pytest.mark.skipif(not LIB_SO.exists(), reason="library not built (run `make`)")
 HOST_PY = "/usr/bin/python3"  # Debian's python: its sqlite3 can load extensions
+# The start of a script for HOST_PY: sqlite3 imported, the extension loaded.
+LOADER = f"import sqlite3\nb=sqlite3.connect(':memory:');b.enable_load_extension(True);b.load_extension({str(LIB)!r})\n"
+
+
+def run_host(script, failpoints):
+    """Runs LOADER + `script` in HOST_PY with REPLICATED_FAILPOINTS=`failpoints`."""
+    return subprocess.run([HOST_PY, "-c", LOADER + script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "REPLICATED_FAILPOINTS": failpoints})
 WRITER = str(REPO / "tests" / "hosts" / "writer.py")
 
 
@@ -178,15 +186,13 @@ def test_crash_during_reconcile(tmp_path, point):
 
 def test_failed_commit_is_rolled_back_and_connection_stays_usable(tmp_path):
     uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
-    script = (f"import sqlite3\nb=sqlite3.connect(':memory:');b.enable_load_extension(True);b.load_extension({str(LIB)!r})\n"
-              f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\n"
+    script = (f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\n"
               "c.execute('create table acked(id integer primary key, pad)')\n"
               "try:\n  c.execute(\"insert into acked values(2,'x')\")\n  print('no error')\n"
               "except sqlite3.Error as e:\n  print('error', e.sqlite_errorcode & 0xff, e.sqlite_errorcode >> 8)\n"
               "print('last', c.execute('select replicated_last_error()').fetchone()[0])\n"
               "c.execute(\"insert into acked values(3,'y')\")\nprint('ids', c.execute('select group_concat(id) from acked').fetchone()[0])\n")
-    p = subprocess.run([HOST_PY, "-c", script], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "REPLICATED_FAILPOINTS": "commit.before_propose=2*error"})
+    p = run_host(script, "commit.before_propose=2*error")
     out = p.stdout.splitlines()
     assert p.returncode == 0, p.stderr
     assert out[0] == "error 10 103", out  # SQLITE_IOERR, our replication-failure extended code
@@ -201,14 +207,12 @@ def test_an_open_that_fails_after_raft_started_can_be_retried(tmp_path):
     directory, and commits. (Before, the first core kept running with the lock released and the
     port held: the retry failed to listen.)"""
     uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
-    script = (f"import sqlite3\nb=sqlite3.connect(':memory:');b.enable_load_extension(True);b.load_extension({str(LIB)!r})\n"
-              f"try:\n  c=sqlite3.connect({uri!r},uri=True,isolation_level=None);c.execute('select 1')\n  print('opened')\n"
+    script = (f"try:\n  c=sqlite3.connect({uri!r},uri=True,isolation_level=None);c.execute('select 1')\n  print('opened')\n"
               "except sqlite3.Error as e:\n  print('failed', e)\n"
               f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\n"
               "c.execute('create table t(a)');c.execute('insert into t values(1)')\n"
               "print('rows', c.execute('select count(*) from t').fetchone()[0])\n")
-    p = subprocess.run([HOST_PY, "-c", script], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "REPLICATED_FAILPOINTS": "start.before_attach=1*error"})
+    p = run_host(script, "start.before_attach=1*error")
     out = p.stdout.splitlines()
     assert p.returncode == 0, p.stderr
     assert out[0].startswith("failed") and "failpoint" in out[0], out

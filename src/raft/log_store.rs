@@ -1169,20 +1169,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a failed attempt leaves the saved vote intact: retrying on ENOSPC is safe.
         self.until_space("saving the vote", || {
             self.write(|st, inner| {
+                let seq = st.vote_seq.map_or(1, |prev| prev + 1);
+                let slot = encode_vote_slot(seq, vote)?;
+                let at = (seq % 2) as usize * VOTE_SLOT;
                 match st.vote_seq {
-                    Some(prev) => {
-                        let seq = prev + 1;
-                        let slot = encode_vote_slot(seq, vote)?;
+                    Some(_) => {
                         let f = OpenOptions::new().write(true).open(inner.dir.join(VOTE_SLOTS))?;
-                        f.write_all_at(&slot, (seq % 2) * VOTE_SLOT as u64).map_err(space)?;
+                        f.write_all_at(&slot, at as u64).map_err(space)?;
                         f.sync_data()?;
-                        st.vote_seq = Some(seq);
                     }
                     None => {
                         let mut file = vec![0u8; 2 * VOTE_SLOT];
-                        file[VOTE_SLOT..].copy_from_slice(&encode_vote_slot(1, vote)?);
+                        file[at..at + VOTE_SLOT].copy_from_slice(&slot);
                         write_bytes_atomic(&inner.dir, VOTE_SLOTS, &file).map_err(space)?;
-                        st.vote_seq = Some(1);
                         // The slots file is durable: the old-format vote is not read any more.
                         match fs::remove_file(inner.dir.join(VOTE)) {
                             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -1192,6 +1191,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         }
                     }
                 }
+                st.vote_seq = Some(seq);
                 st.vote = Some(*vote);
                 Ok(())
             })

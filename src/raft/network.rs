@@ -494,7 +494,11 @@ impl RaftService {
                     let mut m = self.applied.lock();
                     let e = m.entry(from).or_insert(0);
                     *e = (*e).max(idx);
-                    m.retain(|id, _| is_member(id));
+                    // Removed members leave (checked only when there are more entries than members:
+                    // this runs for every commit with ack=apply).
+                    if m.len() > members.membership().nodes().count() {
+                        m.retain(|id, _| is_member(id));
+                    }
                     drop(m);
                     self.applied_notify.notify_waiters();
                 }
