@@ -26,10 +26,13 @@
 //! Measured on one node (single-row commits, the loop of `benches/bench.py`): from about 230 µs
 //! per commit to about 150 µs, against about 110 µs for plain SQLite at synchronous=FULL.
 //!
-//! What one thread costs: the log append fsyncs inline (the Raft core waits for it either way),
-//! so the process's other tasks -- QUIC, heartbeats, other databases' cores -- wait up to one
-//! fsync too. That is well inside every Raft timeout. Anything that may block for longer runs on
-//! its own thread (the applier, snapshot files, SQLite-side waits), never on this one.
+//! What one thread costs: the log append of a small batch fsyncs inline (the Raft core waits for
+//! it either way), so the process's other tasks -- QUIC, heartbeats, other databases' cores --
+//! wait up to one such fsync too, usually well under a millisecond (a busy disk can stall any
+//! fsync for 100 ms or more: measured here with a concurrent `dd`). A large batch's fsync, which
+//! takes milliseconds by itself, runs on a blocking thread (log_store.rs). Anything else that may
+//! block for longer runs on its own thread (the applier, snapshot files, SQLite-side waits),
+//! never on this one.
 //!
 //! Invariants: the spin is bounded in time after each commit event; the runtime is built lazily
 //! at the first replicated open, never in the extension's entry point.

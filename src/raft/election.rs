@@ -16,7 +16,8 @@
 //! `Database::run_elections`) runs this module's rules instead:
 //! - Every node records when it last heard from a leader ([`Contact::heard`]): each AppendEntries
 //!   the Raft core accepts (heartbeats and snapshot keep-alives included), each snapshot it
-//!   installs, each vote it grants (as in Raft, that restarts the timer: the candidate is about to
+//!   installs, each CAMPAIGN request (the leader handing over to it), each vote it grants (as in
+//!   Raft, that restarts the timer: the candidate is about to
 //!   lead), and, while it is the leader, every tick of the election task (deposed, it then
 //!   refuses pre-votes for the lease like the new leader's other followers).
 //! - A voter that is not the leader and has heard nothing for [`timeout`] (a random part, plus the

@@ -5,7 +5,8 @@
 //! (`RaftService`) decodes, hands the request to the local `Raft`, and encodes the answer; a
 //! malformed request is refused with a remote error, never a panic.
 //!
-//! Bounds: an AppendEntries request is kept under `MAX_APPEND_BYTES` by sending a prefix of its
+//! Bounds: an AppendEntries request is kept under `MAX_APPEND_BYTES` (less while the peer is
+//! slow to answer: `AppendBudget`) by sending a prefix of its
 //! entries and reporting `PartialSuccess` up to the last one sent (openraft then sends the rest); a
 //! single entry is at most one part of a transaction (`PART_BYTES` of pages, raft/types.rs), far
 //! under the transport's 96 MiB message bound. Timeouts: openraft's per-RPC hard TTL. An unreachable, refused or timed-out peer is
@@ -121,6 +122,8 @@ pub fn decode_rpc_body(kind: u8, body: &[u8]) -> Result<RpcBody, String> {
 /// gives every AppendEntries `heartbeat_interval` to complete (then backs off for 500 ms), so a
 /// batch must be small enough for a follower to receive, write and fsync in that time.
 pub const MAX_APPEND_BYTES: usize = 4 << 20;
+/// The smallest budget `append_entries` shrinks to (one entry is always sent, whatever its size).
+pub const MIN_APPEND_BYTES: usize = 64 << 10;
 
 fn to_rpc_error<E: std::error::Error>(e: NetError) -> RPCError<NodeId, BasicNode, E> {
     match e {
@@ -161,6 +164,46 @@ pub struct QuicClient {
     heartbeat: Duration,
     /// Since when this peer has been unreachable (its transitions are logged once).
     down_since: Option<std::time::Instant>,
+    append_budget: AppendBudget,
+}
+
+/// The byte budget of the next AppendEntries to one peer (when it holds more than one entry).
+///
+/// openraft cancels an AppendEntries after heartbeat_interval, and a follower answers only after
+/// its fsync: when it is slower than that (a busy disk), resending the same megabytes only adds
+/// load. So the budget halves after every AppendEntries that did not complete (openraft's timeout
+/// dropped it, or the transport's fired) and doubles after each success, within
+/// MIN_APPEND_BYTES ..= MAX_APPEND_BYTES.
+#[derive(Debug)]
+struct AppendBudget {
+    bytes: usize,
+    /// An AppendEntries is under way; still set at the next one if it was dropped.
+    unfinished: bool,
+}
+
+impl AppendBudget {
+    fn new() -> Self {
+        AppendBudget {
+            bytes: MAX_APPEND_BYTES,
+            unfinished: false,
+        }
+    }
+
+    /// An AppendEntries starts: its budget.
+    fn start(&mut self) -> usize {
+        if std::mem::replace(&mut self.unfinished, true) {
+            self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
+        }
+        self.bytes
+    }
+
+    /// It ended: `timed_out` when the peer did not answer in time, `ok` when it succeeded.
+    fn end(&mut self, timed_out: bool, ok: bool) {
+        self.unfinished = timed_out;
+        if ok {
+            self.bytes = self.bytes.saturating_mul(2).min(MAX_APPEND_BYTES);
+        }
+    }
 }
 
 /// Progress of one snapshot transfer, shown by replicated_status().
@@ -189,6 +232,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
             retry: self.retry,
             heartbeat: self.heartbeat,
             down_since: None,
+            append_budget: AppendBudget::new(),
         }
     }
 }
@@ -237,16 +281,20 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         // Keep the message bounded: send a prefix and report partial success for it.
+        let budget = self.append_budget.start();
         let mut truncated = false;
-        while rpc.entries.len() > 1 && postcard::experimental::serialized_size(&rpc).unwrap_or(0) > MAX_APPEND_BYTES {
+        while rpc.entries.len() > 1 && postcard::experimental::serialized_size(&rpc).unwrap_or(usize::MAX) > budget {
             let keep = rpc.entries.len() / 2;
             rpc.entries.truncate(keep);
             truncated = true;
         }
         let last = rpc.entries.last().map(|e| e.log_id);
-        let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            self.call(APPEND, &rpc, option.hard_ttl()).await?;
-        match r {
+        let r = self
+            .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, _>(APPEND, &rpc, option.hard_ttl())
+            .await;
+        self.append_budget
+            .end(matches!(r, Err(RPCError::Unreachable(_))), matches!(r, Ok(Ok(_))));
+        match r? {
             Ok(AppendEntriesResponse::Success) if truncated => Ok(AppendEntriesResponse::PartialSuccess(last)),
             Ok(resp) => Ok(resp),
             Err(e) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))),
@@ -564,6 +612,11 @@ impl RaftService {
             }
             RpcBody::Campaign => {
                 // The leader hands over (replicated_transfer_leader): start an election now.
+                // This is word from the leader, so for the lease this node refuses pre-votes:
+                // the other followers' leases have expired too (the leader stopped its heartbeats),
+                // and one whose timer fires meanwhile would otherwise win this node's grant and
+                // campaign against it (seen: "node 2 did not take over (leader is Some(3))").
+                self.contact.heard();
                 self.contact.campaigned();
                 raft.trigger().elect().await.map_err(|e| e.to_string())?;
                 encode(&())
@@ -638,5 +691,37 @@ mod tests {
             ..past
         };
         assert!(huge.check_bounds().is_err());
+    }
+
+    #[test]
+    fn append_budget_shrinks_while_the_peer_is_slow_and_grows_back() {
+        let mut b = AppendBudget::new();
+        assert_eq!(b.start(), MAX_APPEND_BYTES);
+        b.end(false, true);
+        assert_eq!(b.start(), MAX_APPEND_BYTES, "a success keeps the maximum");
+        // Dropped by openraft's timeout: end() never runs.
+        assert_eq!(b.start(), MAX_APPEND_BYTES / 2);
+        b.end(true, false); // the transport's timeout
+        assert_eq!(b.start(), MAX_APPEND_BYTES / 4);
+        for _ in 0..20 {
+            b.end(true, false);
+            b.start();
+        }
+        b.end(true, false);
+        assert_eq!(b.start(), MIN_APPEND_BYTES, "never below the floor");
+        b.end(false, false); // refused (a stale term, a remote error): answered in time
+        assert_eq!(
+            b.start(),
+            MIN_APPEND_BYTES,
+            "an answer that is no success does not grow it"
+        );
+        b.end(false, true);
+        assert_eq!(b.start(), MIN_APPEND_BYTES * 2);
+        for _ in 0..20 {
+            b.end(false, true);
+            b.start();
+        }
+        b.end(false, true);
+        assert_eq!(b.start(), MAX_APPEND_BYTES, "never above the maximum");
     }
 }
