@@ -5,7 +5,8 @@
 //! to it and wait with a deadline (`timeout_ms`).
 //!
 //! Invariants:
-//! - At most one node per database path per process (registry), and per data directory across
+//! - At most one node per database path per process (registry; a path's start holds that path's
+//!   lock in `starting`, not the registry's), and per data directory across
 //!   processes (an exclusive `flock` on `<data>/lock`). A forked child never writes.
 //! - Before `open_database` returns, the database files agree with the Raft log (reconcile.rs).
 //! - A write transaction starts only on the leader, once it has applied everything in its log, and
@@ -186,6 +187,16 @@ fn registry() -> &'static Mutex<HashMap<String, Arc<Database>>> {
     R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// One lock per database path whose node is being started: a start takes seconds (reconcile,
+/// joining the cluster, up to 30 s), and only opens of the same path need to wait for it, not
+/// every other replicated open or `-wal` delete in the process. An entry exists while some open
+/// of that path holds or waits for its lock; entries are cloned and removed only under the
+/// map's own lock, so two starts of one path never run at once.
+fn starting() -> &'static Mutex<HashMap<String, Arc<Mutex<()>>>> {
+    static S: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 pub fn registry_get(path: &str) -> Option<Arc<Database>> {
     registry().lock().get(path).cloned()
 }
@@ -226,8 +237,22 @@ pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) ->
         read_file: &read,
     })
     .map_err(|e| e.to_string())?;
-    let mut reg = registry().lock();
-    if let Some(db) = reg.get(path) {
+    let start_lock = Arc::clone(starting().lock().entry(path.to_string()).or_default());
+    let result = {
+        let _starting = start_lock.lock();
+        find_or_start(path, cfg)
+    };
+    let mut s = starting().lock();
+    // The map's entry and ours: nobody else holds or waits for this path's lock.
+    if Arc::strong_count(&start_lock) == 2 {
+        s.remove(path);
+    }
+    result
+}
+
+/// `open_database` with this path's start lock held.
+fn find_or_start(path: &str, cfg: Config) -> Result<Arc<Database>, String> {
+    if let Some(db) = registry_get(path) {
         if db.cfg.node != cfg.node || db.cfg.data != cfg.data {
             return Err(format!(
                 "replicated: {path} is already open in this process as node {} (data {}); \
@@ -244,7 +269,7 @@ pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) ->
         return Ok(db.clone());
     }
     let db = Database::start(PathBuf::from(path), cfg)?;
-    reg.insert(path.to_string(), db.clone());
+    registry().lock().insert(path.to_string(), db.clone());
     Ok(db)
 }
 

@@ -219,6 +219,44 @@ def test_an_open_that_fails_after_raft_started_can_be_retried(tmp_path):
     assert out[1] == "rows 1", out
 
 
+def test_a_slow_start_does_not_hold_up_opens_of_other_databases(tmp_path):
+    """Two replicated databases opened at once in one process: one start is held for 2 s
+    (failpoint delay, first pass only), the other opens without waiting for it. (Before, every
+    start held the process-wide registry lock, so any open waited for the slowest start.)"""
+    uris = [repl_uri(tmp_path / f"{n}.db", data=tmp_path / f"raft-{n}") for n in ("a", "b")]
+    script = ("import threading, time\nout = {}\n"
+              "def open_db(u):\n  t = time.monotonic()\n"
+              "  c = sqlite3.connect(u, uri=True, isolation_level=None); c.execute('create table t(a)')\n"
+              "  out[u] = time.monotonic() - t\n"
+              f"ts = [threading.Thread(target=open_db, args=(u,)) for u in {uris!r}]\n"
+              "[t.start() for t in ts]; [t.join() for t in ts]\n"
+              "print(' '.join(f'{d:.2f}' for d in sorted(out.values())))\n")
+    p = run_host(script, "start.before_attach=1*delay")
+    assert p.returncode == 0, p.stderr
+    fast, slow = map(float, p.stdout.split())
+    assert slow >= 1.9, p.stdout  # one start was held
+    assert fast < 1.5, p.stdout  # and the other did not wait for it
+
+
+def test_concurrent_opens_of_one_database_share_one_node(tmp_path):
+    """Four threads open the same replicated database at once, one start held for 2 s: each
+    waits for that one start (a second start of the same node would fail on the data directory's
+    lock, or worse), and all four connections then write through the same node."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    script = ("import threading\nerrs = []\n"
+              "def open_db(i):\n  try:\n"
+              f"    c = sqlite3.connect({uri!r}, uri=True, isolation_level=None, timeout=10)\n"
+              "    c.execute('create table if not exists t(a)'); c.execute('insert into t values(?)', (i,))\n"
+              "  except Exception as e:\n    errs.append(repr(e))\n"
+              "ts = [threading.Thread(target=open_db, args=(i,)) for i in range(4)]\n"
+              "[t.start() for t in ts]; [t.join() for t in ts]\n"
+              f"c = sqlite3.connect({uri!r}, uri=True)\n"
+              "print(errs, c.execute('select count(*), json_extract(replicated_status(), \"$.node_id\") from t').fetchone())\n")
+    p = run_host(script, "start.before_attach=1*delay")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[] (4, 1)", p.stdout
+
+
 APPLY_SCRIPT = """
 import sqlite3, sys, time
 b = sqlite3.connect(':memory:'); b.enable_load_extension(True); b.load_extension(sys.argv[1])
