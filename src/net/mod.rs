@@ -47,6 +47,13 @@
 //! * Incoming bidirectional streams per connection: [`MAX_STREAMS`] concurrently (QUIC flow
 //!   control: the peer cannot open more; extra callers wait for credit inside their timeout).
 //!   The server opens no streams towards clients (limit 0 in the client's transport config).
+//! * Address validation: an unauthenticated attempt takes an inbound slot for up to the hello's
+//!   5 s, and a QUIC Initial is easy to send from forged source addresses. So once
+//!   [`VALIDATE_ABOVE`] slots are taken, an attempt whose address is not yet validated is answered
+//!   with a QUIC Retry (stateless: no slot, no handshake work) and gets a slot only when it comes
+//!   back with the token, which needs the Retry to reach its claimed address. Peers' clients do
+//!   this by themselves, at the cost of one round trip. Below that mark nothing changes: the
+//!   round trip is not paid when nothing is under attack.
 //! * Inbound connections: [`MAX_INBOUND`] concurrently (handshaking or established); beyond that a
 //!   new one is refused at once (QUIC CONNECTION_REFUSED), counted and logged.
 //! * Outbound connection cache: one per peer id, at most [`MAX_PEERS`] ids; when full an
@@ -95,6 +102,9 @@ pub type NodeId = u64;
 pub const MAX_STREAMS: u32 = 256;
 /// Concurrent inbound connections (handshaking or established).
 pub const MAX_INBOUND: usize = 256;
+/// With at least this many inbound slots taken, a connection attempt must first prove its source
+/// address (a QUIC Retry) before it gets one.
+pub const VALIDATE_ABOVE: usize = MAX_INBOUND / 2;
 /// Peer ids kept in the outbound connection cache.
 pub const MAX_PEERS: usize = 1024;
 
@@ -274,6 +284,8 @@ struct Shared {
     secret: Option<ring::hmac::Key>,
     handler: Arc<dyn Handler>,
     refused: AtomicU64,
+    /// Connection attempts answered with a Retry (address validation under pressure).
+    retried: AtomicU64,
     closed: AtomicBool,
     peers: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
     /// When each peer last answered a call (at most MAX_PEERS entries).
@@ -390,6 +402,7 @@ impl Transport {
             secret: setup.secret,
             handler,
             refused: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
@@ -640,6 +653,11 @@ impl Transport {
         self.inner.shared.refused.load(Ordering::Relaxed)
     }
 
+    /// Connection attempts asked to validate their address first (see BOUNDS).
+    pub fn retried_count(&self) -> u64 {
+        self.inner.shared.retried.load(Ordering::Relaxed)
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.shared.local_addr
     }
@@ -674,6 +692,16 @@ fn stream_code_error(c: quinn::VarInt, size: usize) -> NetError {
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let remote = incoming.remote_address();
+        // Under pressure, a slot only for an address that has shown it receives our packets.
+        let in_use = MAX_INBOUND.saturating_sub(shared.inbound.available_permits());
+        if in_use >= VALIDATE_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+            shared.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+                shared.refuse(remote, "connection from", "address validation failed");
+            }
+            continue;
+        }
         let permit = match shared.inbound.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -1223,6 +1251,53 @@ mod tests {
             sock.send_to(&[0x40; 64], to).unwrap();
         }
         assert_eq!(a.call(2, &to.to_string(), ECHO, b"still", T).await.unwrap(), b"still");
+    }
+
+    /// Genuine QUIC Initial packets, each opening a different connection, replayed from many
+    /// source addresses that never answer: what a flood from forged addresses looks like to the
+    /// server. Each would hold an inbound slot until the hello times out (5 s); a real peer must
+    /// still get in meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_connection_attempts_cannot_take_every_inbound_slot() {
+        let a = node(1, secret(S));
+        let b = node(2, secret(S));
+        // Calls to a plain UDP socket, each to another peer id: each dials its own connection.
+        let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let trap_addr = trap.local_addr().unwrap().to_string();
+        let wanted = MAX_INBOUND + 40;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..wanted as u64 {
+            let (a, to) = (a.clone(), trap_addr.clone());
+            calls.spawn(async move { a.call(1000 + i, &to, ECHO, b"", Duration::from_secs(2)).await });
+        }
+        let mut initials: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        while initials.len() < wanted {
+            let got = tokio::time::timeout(Duration::from_secs(5), trap.recv_from(&mut buf)).await;
+            let (n, _) = got.expect("the calls sent their Initials").unwrap();
+            let d = &buf[..n];
+            // Long header: flags, version (4), dcid length, dcid.
+            if d.len() > 6 && d[0] & 0x80 != 0 && d.len() > 6 + d[5] as usize {
+                initials
+                    .entry(d[6..6 + d[5] as usize].to_vec())
+                    .or_insert_with(|| d.to_vec());
+            }
+        }
+        calls.abort_all();
+        let mut forgers = Vec::new();
+        for (i, d) in initials.values().enumerate() {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.send_to(d, b.local_addr()).unwrap();
+            forgers.push(sock); // kept open, never read: the handshakes stall
+            if i % 32 == 31 {
+                // Paced, so the server's socket buffer does not drop them.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(b.retried_count() > 0, "no attempt was asked to validate its address");
+        assert_eq!(a.call(2, &addr(&b), ECHO, b"let me in", T).await.unwrap(), b"let me in");
+        drop(forgers);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
