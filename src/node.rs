@@ -1789,6 +1789,12 @@ impl Database {
                 serde_json::json!({"id": id, "addr": addr, "voter": voter, "matched_index": matched})
             })
             .collect();
+        let transfers = {
+            let mut receiving = self.receiving.lock();
+            crate::raft::network::drop_abandoned(&mut receiving, Instant::now());
+            let sending = self.sending.lock();
+            sending.values().chain(receiving.values()).cloned().collect::<Vec<_>>()
+        };
         serde_json::json!({
             "node_id": self.cfg.node,
             "role": role,
@@ -1803,13 +1809,7 @@ impl Database {
             "data": self.cfg.data.display().to_string(),
             "snapshot_index": v.snapshot,
             "purged_index": v.purged,
-            "snapshot_transfers": self
-                .sending
-                .lock()
-                .values()
-                .chain(self.receiving.lock().values())
-                .cloned()
-                .collect::<Vec<_>>(),
+            "snapshot_transfers": transfers,
             "error": self.last_error_of_node(),
         })
         .to_string()

@@ -216,6 +216,20 @@ pub struct Transfer {
     pub total: u64,
     /// "sending", "receiving", "installing" (the receiver writes it through its WAL).
     pub phase: &'static str,
+    /// When this entry was last updated.
+    #[serde(skip)]
+    pub updated: std::time::Instant,
+}
+
+/// How long one snapshot chunk may take before its sender abandons the transfer (and starts
+/// another).
+pub const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Drops from `t` the "receiving" transfers that no chunk has advanced within CHUNK_TIMEOUT: their
+/// sender has abandoned them (a leader change, a timeout), and nothing else would remove them
+/// until that peer starts another transfer.
+pub fn drop_abandoned(t: &mut BTreeMap<NodeId, Transfer>, now: std::time::Instant) {
+    t.retain(|_, x| x.phase != "receiving" || now.saturating_duration_since(x.updated) <= CHUNK_TIMEOUT);
 }
 
 /// Transfers under way, by peer (at most one per peer: openraft sends one snapshot at a time).
@@ -362,6 +376,7 @@ impl RaftNetwork<TypeConfig> for QuicClient {
                 bytes,
                 total,
                 phase,
+                updated: std::time::Instant::now(),
             };
             self.sending.lock().insert(self.target, t);
         };
@@ -429,7 +444,7 @@ impl QuicClient {
             tokio::select! {
                 biased;
                 closed = cancel.as_mut() => return Err(StreamingError::Closed(closed)),
-                r = self.transport.call(self.target, &self.addr, SNAPSHOT_CHUNK, &body, Duration::from_secs(30)) => {
+                r = self.transport.call(self.target, &self.addr, SNAPSHOT_CHUNK, &body, CHUNK_TIMEOUT) => {
                     r.map_err(unreachable)?;
                 }
             }
@@ -572,6 +587,7 @@ impl RaftService {
                     bytes: c.offset + c.data.len() as u64,
                     total: c.total,
                     phase: "receiving",
+                    updated: std::time::Instant::now(),
                 };
                 self.receiving.lock().insert(from, t);
                 encode(&())
@@ -591,6 +607,7 @@ impl RaftService {
                     bytes: len,
                     total: d.total,
                     phase: "installing",
+                    updated: std::time::Instant::now(),
                 };
                 self.receiving.lock().insert(from, t);
                 let snap = openraft::Snapshot {
@@ -691,6 +708,28 @@ mod tests {
             ..past
         };
         assert!(huge.check_bounds().is_err());
+    }
+
+    #[test]
+    fn abandoned_receiving_transfers_are_not_shown() {
+        let now = std::time::Instant::now();
+        let t = |peer, phase, age: u64| Transfer {
+            id: format!("snap-{peer}"),
+            peer,
+            bytes: 1,
+            total: 2,
+            phase,
+            updated: now.checked_sub(Duration::from_secs(age)).unwrap_or(now),
+        };
+        let mut m: BTreeMap<NodeId, Transfer> = [
+            (1, t(1, "receiving", 1)),
+            (2, t(2, "receiving", CHUNK_TIMEOUT.as_secs() + 5)),
+            (3, t(3, "installing", 3600)), // an install takes as long as the database is large
+        ]
+        .into_iter()
+        .collect();
+        drop_abandoned(&mut m, now);
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]
