@@ -79,7 +79,8 @@ const EAGER_IN_FLIGHT: usize = 8;
 /// A follower whose matched index (openraft's metrics, which may lag a little) is further than this
 /// behind the batch cannot use it: it gets only openraft's replication.
 const EAGER_LAG: u64 = 4;
-/// How long an eager send may take; its answer is not used, so this only bounds the task.
+/// How long an eager send may take (openraft's own request waits for its answer for at most half
+/// its own timeout, then goes out itself).
 const EAGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What an answer to one proposed part says about the commit: None = go on.
@@ -155,6 +156,8 @@ pub struct Database {
     leader_commit: Arc<AtomicU64>,
     /// When this node last heard from a leader (raft/election.rs).
     contact: Arc<crate::raft::election::Contact>,
+    /// Eager AppendEntries sent to each follower (raft/network.rs uses their answers).
+    eager_calls: crate::raft::network::EagerCalls,
     _lock: std::fs::File,
 }
 
@@ -718,11 +721,13 @@ impl Database {
         let _ = service
             .election
             .set((log.clone(), Duration::from_millis(cfg.election_max_ms())));
+        let eager_calls = crate::raft::network::EagerCalls::default();
         let net = QuicNetwork {
             transport: transport.clone(),
             sending: sending.clone(),
             retry: Duration::from_millis(cfg.heartbeat_ms.clamp(10, 100)),
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            eager: eager_calls.clone(),
         };
         let raft = run_blocking(
             async move { Raft::new(id, Arc::new(raft_cfg), net, log2, sm2).await },
@@ -779,6 +784,7 @@ impl Database {
             receiving,
             leader_commit,
             contact,
+            eager_calls,
             _lock: lock,
         });
         // The Raft core runs already: entries it commits meanwhile wait in the applier (apply.rs).
@@ -1225,8 +1231,9 @@ impl Database {
 
     /// Sends a leader's batch to the followers that are caught up, before its fsync (see
     /// log_store.rs, EAGER REPLICATION). Runs inside the Raft core's append, on the runtime
-    /// thread: it only spawns the sends. Their answers are dropped; openraft's own request for the
-    /// same entries, answered from what the follower then holds, is what counts.
+    /// thread: it only spawns the sends. A Success answers openraft's own request for the same
+    /// entries when it comes (raft/network.rs, `eager_answer`); otherwise that request goes out
+    /// as usual and the follower answers it from what it then holds.
     fn eager_sender(weak: std::sync::Weak<Database>) -> crate::raft::log_store::EagerSend {
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         Box::new(move |first, build| {
@@ -1248,6 +1255,9 @@ impl Database {
                 return false;
             }
             let Some(req) = build() else { return false };
+            let Some(last) = req.entries.last().map(|e| e.log_id) else {
+                return false;
+            };
             let Ok(rt) = runtime() else { return false };
             let Ok(body) = crate::raft::network::encode(&req) else {
                 return false;
@@ -1259,11 +1269,20 @@ impl Database {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
                     break;
                 }
+                let (answer, answered) = tokio::sync::watch::channel(None);
+                let call = crate::raft::network::EagerCall {
+                    vote: req.vote,
+                    prev: req.prev_log_id,
+                    last,
+                    answer: answered,
+                };
+                db.eager_calls.lock().insert(id, call);
                 let (t, body, in_flight) = (db.transport.clone(), body.clone(), in_flight.clone());
                 rt.spawn(async move {
-                    let _ = t
+                    let r = t
                         .call(id, &addr, crate::raft::network::APPEND, &body, EAGER_TIMEOUT)
                         .await;
+                    let _ = answer.send(Some(r.is_ok_and(|b| crate::raft::network::is_append_success(&b))));
                     in_flight.fetch_sub(1, Ordering::AcqRel);
                 });
                 sent = true;

@@ -109,10 +109,14 @@
 //! the followers as a genuine AppendEntries request (that vote, the log id before the batch, the
 //! committed id), yields once so that the runtime puts it on the wire, and only then fsyncs. The
 //! followers append it as they would openraft's own request, their fsync overlapping the
-//! leader's; when openraft's request for the same entries arrives they hold them already and
-//! answer at once. Safety is unchanged: openraft counts this node only after its fsync and a
-//! follower only after it answered openraft's own request (the eager answers are dropped), and
-//! Raft allows a leader to write its log in parallel with replicating it. An eager request that
+//! leader's. When openraft then sends its own request for exactly those entries, the follower's
+//! Success to the eager one is its answer (raft/network.rs, `eager_answer`: the same request,
+//! answered earlier), so the commit does not wait for another round trip after the leader's
+//! fsync (measured, 3 nodes, single-row ack=commit: p50 842 -> 678 µs); without a Success
+//! openraft's request goes out as usual. Safety is unchanged: openraft counts this node only
+//! after its fsync and a follower only after it answered, after its own fsync, a request with
+//! those entries under this vote, and Raft allows a leader to write its log in parallel with
+//! replicating it. An eager request that
 //! does not fit a follower's log (it lags, or a newer leader exists) is refused there like any
 //! stale AppendEntries. Only batches of at most EAGER_BYTES go this way: for larger ones, sending
 //! twice cost more than the overlap saved (measured: 1000-row transactions 15% slower).

@@ -24,7 +24,7 @@
 
 use crate::net::{Handler, NetError, Transport};
 use crate::raft::election::{self, Contact};
-use crate::raft::types::{NodeId, TypeConfig};
+use crate::raft::types::{LogId, NodeId, TypeConfig, Vote};
 use openraft::error::{NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
@@ -153,6 +153,8 @@ pub struct QuicNetwork {
     pub retry: Duration,
     /// openraft's heartbeat interval (keep-alives during a snapshot transfer, see full_snapshot).
     pub heartbeat: Duration,
+    /// Eager AppendEntries under way or answered, by follower (see `append_entries`).
+    pub eager: EagerCalls,
 }
 
 pub struct QuicClient {
@@ -165,6 +167,7 @@ pub struct QuicClient {
     /// Since when this peer has been unreachable (its transitions are logged once).
     down_since: Option<std::time::Instant>,
     append_budget: AppendBudget,
+    eager: EagerCalls,
 }
 
 /// The byte budget of the next AppendEntries to one peer (when it holds more than one entry).
@@ -235,6 +238,27 @@ pub fn drop_abandoned(t: &mut BTreeMap<NodeId, Transfer>, now: std::time::Instan
 /// Transfers under way, by peer (at most one per peer: openraft sends one snapshot at a time).
 pub type Transfers = Arc<Mutex<BTreeMap<NodeId, Transfer>>>;
 
+/// An eager AppendEntries (log_store.rs, EAGER REPLICATION) sent to one follower: the leader's
+/// vote, the log id before the batch and the batch's last log id.
+pub struct EagerCall {
+    pub vote: Vote,
+    pub prev: Option<LogId>,
+    pub last: LogId,
+    /// None while it is under way; then whether the follower answered Success.
+    pub answer: tokio::sync::watch::Receiver<Option<bool>>,
+}
+
+/// The latest eager call per follower (a newer one replaces it): at most one entry per peer.
+pub type EagerCalls = Arc<Mutex<BTreeMap<NodeId, EagerCall>>>;
+
+/// Whether an encoded AppendEntries answer is a Success.
+pub fn is_append_success(body: &[u8]) -> bool {
+    matches!(
+        decode::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(body),
+        Ok(Ok(AppendEntriesResponse::Success))
+    )
+}
+
 impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
     type Network = QuicClient;
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
@@ -247,6 +271,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
             heartbeat: self.heartbeat,
             down_since: None,
             append_budget: AppendBudget::new(),
+            eager: self.eager.clone(),
         }
     }
 }
@@ -284,6 +309,38 @@ impl QuicClient {
     }
 }
 
+impl QuicClient {
+    /// The eager call that sent exactly the entries of `rpc` (same vote, same log id before
+    /// them, same last log id, so the same entries: a leader writes one entry per log id).
+    /// Every request carrying entries takes the follower's call out of the map, matching or not:
+    /// an eager answer serves only openraft's next request to that follower, which follows the
+    /// leader's fsync within a moment, never a later one (by then the follower may have been
+    /// restarted, or wiped).
+    fn eager_call_for(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Option<EagerCall> {
+        let last = rpc.entries.last()?.log_id;
+        let c = self.eager.lock().remove(&self.target)?;
+        (c.vote == rpc.vote && c.prev == rpc.prev_log_id && c.last == last).then_some(c)
+    }
+
+    /// Waits (at most `wait`) for the follower's answer to `call`; true when it was Success.
+    ///
+    /// Why this is openraft's answer too: the eager request was a genuine AppendEntries with the
+    /// same vote, the same log id before the entries and the same entries, and the follower
+    /// handled it as it handles any (its Raft core, an fsync before it answers). Its Success says
+    /// what an answer to openraft's request would say: under this vote its log holds the entries
+    /// through `last`, durably. Using it is receiving that answer earlier, which Raft allows for any
+    /// answer (a late one is no different). What openraft's request would add is its
+    /// `leader_commit`; the follower learns it from the next AppendEntries, which openraft sends
+    /// when the commit index moves. The follower's answer was ready when the leader's own fsync
+    /// ended, so the commit no longer waits for a second round trip after it.
+    async fn eager_answer(&self, mut call: EagerCall, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, call.answer.wait_for(Option::is_some)).await,
+            Ok(Ok(a)) if *a == Some(true)
+        )
+    }
+}
+
 impl RaftNetwork<TypeConfig> for QuicClient {
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(self.retry))
@@ -294,6 +351,14 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let mut ttl = option.hard_ttl();
+        if let Some(call) = self.eager_call_for(&rpc) {
+            let start = std::time::Instant::now();
+            if self.eager_answer(call, ttl / 2).await {
+                return Ok(AppendEntriesResponse::Success);
+            }
+            ttl = ttl.saturating_sub(start.elapsed());
+        }
         // Keep the message bounded: send a prefix and report partial success for it.
         let budget = self.append_budget.start();
         let mut truncated = false;
@@ -304,7 +369,7 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         }
         let last = rpc.entries.last().map(|e| e.log_id);
         let r = self
-            .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, _>(APPEND, &rpc, option.hard_ttl())
+            .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, _>(APPEND, &rpc, ttl)
             .await;
         self.append_budget
             .end(matches!(r, Err(RPCError::Unreachable(_))), matches!(r, Ok(Ok(_))));
