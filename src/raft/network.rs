@@ -251,6 +251,17 @@ pub struct EagerCall {
 /// The latest eager call per follower (a newer one replaces it): at most one entry per peer.
 pub type EagerCalls = Arc<Mutex<BTreeMap<NodeId, EagerCall>>>;
 
+/// `QuicClient::eager_call_for` on the map itself.
+fn take_eager_call(
+    calls: &mut BTreeMap<NodeId, EagerCall>,
+    target: NodeId,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+) -> Option<EagerCall> {
+    let last = rpc.entries.last()?.log_id;
+    let c = calls.remove(&target)?;
+    (c.vote == rpc.vote && c.prev == rpc.prev_log_id && c.last == last).then_some(c)
+}
+
 /// Whether an encoded AppendEntries answer is a Success.
 pub fn is_append_success(body: &[u8]) -> bool {
     matches!(
@@ -317,9 +328,7 @@ impl QuicClient {
     /// leader's fsync within a moment, never a later one (by then the follower may have been
     /// restarted, or wiped).
     fn eager_call_for(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Option<EagerCall> {
-        let last = rpc.entries.last()?.log_id;
-        let c = self.eager.lock().remove(&self.target)?;
-        (c.vote == rpc.vote && c.prev == rpc.prev_log_id && c.last == last).then_some(c)
+        take_eager_call(&mut self.eager.lock(), self.target, rpc)
     }
 
     /// Waits (at most `wait`) for the follower's answer to `call`; true when it was Success.
@@ -773,6 +782,40 @@ mod tests {
             ..past
         };
         assert!(huge.check_bounds().is_err());
+    }
+
+    #[test]
+    fn an_eager_answer_serves_only_the_next_request_for_exactly_its_entries() {
+        use openraft::testing::{blank_ent, log_id};
+        let vote = Vote::new_committed(2, 1);
+        let req = |vote: Vote, prev: u64, last: u64| AppendEntriesRequest::<TypeConfig> {
+            vote,
+            prev_log_id: Some(log_id(2, 1, prev)),
+            entries: (prev + 1..=last).map(|i| blank_ent::<TypeConfig>(2, 1, i)).collect(),
+            leader_commit: None,
+        };
+        let (_answer, answered) = tokio::sync::watch::channel(Some(true));
+        let call = |prev: u64, last: u64| EagerCall {
+            vote,
+            prev: Some(log_id(2, 1, prev)),
+            last: log_id(2, 1, last),
+            answer: answered.clone(),
+        };
+        let mut calls = BTreeMap::new();
+        calls.insert(2, call(4, 5));
+        // A heartbeat (no entries) leaves it; another follower's request does not see it.
+        assert!(take_eager_call(&mut calls, 2, &req(vote, 5, 5)).is_none() && calls.len() == 1);
+        assert!(take_eager_call(&mut calls, 3, &req(vote, 4, 5)).is_none() && calls.len() == 1);
+        // Exactly its entries: used, and gone.
+        assert!(take_eager_call(&mut calls, 2, &req(vote, 4, 5)).is_some() && calls.is_empty());
+        // Anything else carrying entries is not answered by it, and takes it out all the same.
+        let other_vote = Vote::new_committed(3, 1);
+        // Another previous log id, more entries, another vote.
+        for r in [req(vote, 3, 5), req(vote, 4, 6), req(other_vote, 4, 5)] {
+            calls.insert(2, call(4, 5));
+            assert!(take_eager_call(&mut calls, 2, &r).is_none());
+            assert!(calls.is_empty());
+        }
     }
 
     #[test]
