@@ -992,13 +992,13 @@ impl LogStore {
         r
     }
 
-    /// Writes `entries` to the page cache; returns what must be synced.
+    /// Writes `entries` to the page cache; returns what must be synced and the bytes written.
     fn write_entries<'a>(
         &self,
         entries: impl IntoIterator<Item = &'a Entry>,
-    ) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>)> {
+    ) -> io::Result<(Vec<Arc<File>>, Option<PathBuf>, usize)> {
         self.write(|st, inner| {
-            let (mut files, mut dir) = (Vec::<Arc<File>>::new(), None);
+            let (mut files, mut dir, mut bytes) = (Vec::<Arc<File>>::new(), None, 0usize);
             for entry in entries {
                 let index = entry.log_id.index;
                 // Invariant 1 (an empty log that was never purged may start anywhere).
@@ -1059,6 +1059,7 @@ impl LogStore {
                     return Err(space(e));
                 }
                 active.len += rec.len() as u64;
+                bytes += rec.len();
                 let alloc = active.alloc.load(SeqCst);
                 if alloc.saturating_sub(active.len) < ZERO_AHEAD {
                     inner.zero_ahead(ZeroJob {
@@ -1089,7 +1090,7 @@ impl LogStore {
                     log_id: entry.log_id,
                 });
             }
-            Ok((files, dir))
+            Ok((files, dir, bytes))
         })
     }
 
@@ -1263,7 +1264,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 r
             })
             .await;
-        let (mut files, mut dir) = match r {
+        let (mut files, mut dir, bytes) = match r {
             Ok(sync) => sync,
             Err(e) => return Err(Self::fail_append(callback, e)),
         };
@@ -1288,7 +1289,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
-        let bytes = postcard::experimental::serialized_size(&batch).unwrap_or(usize::MAX);
         if bytes <= INLINE_FLUSH_BYTES {
             flush(job, &self.inner.failed);
             return Ok(());

@@ -251,7 +251,12 @@ pub struct EagerCall {
 /// The latest eager call per follower (a newer one replaces it): at most one entry per peer.
 pub type EagerCalls = Arc<Mutex<BTreeMap<NodeId, EagerCall>>>;
 
-/// `QuicClient::eager_call_for` on the map itself.
+/// The eager call that sent exactly the entries of `rpc` to `target` (same vote, same log id
+/// before them, same last log id, so the same entries: a leader writes one entry per log id).
+/// Every request carrying entries takes the follower's call out of the map, matching or not: an
+/// eager answer serves only openraft's next request to that follower, which follows the leader's
+/// fsync within a moment, never a later one (by then the follower may have been restarted, or
+/// wiped).
 fn take_eager_call(
     calls: &mut BTreeMap<NodeId, EagerCall>,
     target: NodeId,
@@ -318,20 +323,9 @@ impl QuicClient {
         };
         decode(&out).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
     }
-}
 
-impl QuicClient {
-    /// The eager call that sent exactly the entries of `rpc` (same vote, same log id before
-    /// them, same last log id, so the same entries: a leader writes one entry per log id).
-    /// Every request carrying entries takes the follower's call out of the map, matching or not:
-    /// an eager answer serves only openraft's next request to that follower, which follows the
-    /// leader's fsync within a moment, never a later one (by then the follower may have been
-    /// restarted, or wiped).
-    fn eager_call_for(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> Option<EagerCall> {
-        take_eager_call(&mut self.eager.lock(), self.target, rpc)
-    }
-
-    /// Waits (at most `wait`) for the follower's answer to `call`; true when it was Success.
+    /// Whether the follower answered Success to the eager call with exactly `rpc`'s entries
+    /// (`take_eager_call`), waiting at most `wait` for that answer.
     ///
     /// Why this is openraft's answer too: the eager request was a genuine AppendEntries with the
     /// same vote, the same log id before the entries and the same entries, and the follower
@@ -342,11 +336,15 @@ impl QuicClient {
     /// `leader_commit`; the follower learns it from the next AppendEntries, which openraft sends
     /// when the commit index moves. The follower's answer was ready when the leader's own fsync
     /// ended, so the commit no longer waits for a second round trip after it.
-    async fn eager_answer(&self, mut call: EagerCall, wait: Duration) -> bool {
-        matches!(
+    async fn eager_answer(&self, rpc: &AppendEntriesRequest<TypeConfig>, wait: Duration) -> bool {
+        let Some(mut call) = take_eager_call(&mut self.eager.lock(), self.target, rpc) else {
+            return false;
+        };
+        let success = matches!(
             tokio::time::timeout(wait, call.answer.wait_for(Option::is_some)).await,
             Ok(Ok(a)) if *a == Some(true)
-        )
+        );
+        success
     }
 }
 
@@ -360,14 +358,11 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let mut ttl = option.hard_ttl();
-        if let Some(call) = self.eager_call_for(&rpc) {
-            let start = std::time::Instant::now();
-            if self.eager_answer(call, ttl / 2).await {
-                return Ok(AppendEntriesResponse::Success);
-            }
-            ttl = ttl.saturating_sub(start.elapsed());
+        let start = std::time::Instant::now();
+        if self.eager_answer(&rpc, option.hard_ttl() / 2).await {
+            return Ok(AppendEntriesResponse::Success);
         }
+        let ttl = option.hard_ttl().saturating_sub(start.elapsed());
         // Keep the message bounded: send a prefix and report partial success for it.
         let budget = self.append_budget.start();
         let mut truncated = false;
