@@ -246,10 +246,14 @@ pub fn open_database(path: &str, uri: Vec<(String, String)>, _readonly: bool) ->
         find_or_start(path, cfg)
     };
     let mut s = starting().lock();
-    // The map's entry and ours: nobody else holds or waits for this path's lock.
+    // The map's entry and ours: nobody else holds or waits for this path's lock. Ours is dropped
+    // while the map is locked, so that of two opens ending together the last one removes the
+    // entry (dropped after the map's lock, both could count 3 and leave it behind).
     if Arc::strong_count(&start_lock) == 2 {
         s.remove(path);
     }
+    drop(start_lock);
+    drop(s);
     result
 }
 
@@ -584,6 +588,22 @@ impl Database {
         let lock = lock_data_dir(&cfg.data, cfg.node)?;
         let log = LogStore::open(&cfg.data.join("log"))
             .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;
+        // A node that led when it stopped leads again only after winning a new term (log_store.rs,
+        // `give_up_own_term`): its unsynced tail may be gone while its followers hold it.
+        match log.give_up_own_term(cfg.node) {
+            Ok(Some(v)) => tracing::info!(
+                "replicated: node {} led term {} when it stopped; it starts as a follower",
+                cfg.node,
+                v.leader_id().term
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(format!(
+                    "replicated: cannot save the vote in {}: {e}",
+                    cfg.data.display()
+                ))
+            }
+        }
         let (store, loaded) = AppliedStore::open(&cfg.data).map_err(|e| {
             format!(
                 "replicated: cannot open the applied-state record in {}: {e}",

@@ -105,6 +105,14 @@ pub const MAX_INBOUND: usize = 256;
 /// With at least this many inbound slots taken, a connection attempt must first prove its source
 /// address (a QUIC Retry) before it gets one.
 pub const VALIDATE_ABOVE: usize = MAX_INBOUND / 2;
+/// Ack-eliciting packets a peer may receive before it must send an ACK at once (QUIC ACK
+/// frequency extension; both ends are quinn). quinn's default, 1, has a follower send an ACK-only
+/// packet for about every second packet of a commit's exchange, each a syscall and a wake-up of
+/// the leader's runtime. With 3 those ACKs ride on the answers. Measured, 3 nodes, single-row
+/// commits, alternating builds: ack=commit 1,381 -> 1,444/s, ack=apply 1,266 -> 1,304/s;
+/// 1000-row transactions and catch-up unchanged (10 made 1000-row transactions about 10%
+/// slower). The loss timers do not change: the ACK delay stays quinn's 25 ms.
+pub const ACK_THRESHOLD: u32 = 3;
 /// Peer ids kept in the outbound connection cache.
 pub const MAX_PEERS: usize = 1024;
 
@@ -380,6 +388,11 @@ impl Transport {
                 .max_idle_timeout(Some(idle))
                 .max_concurrent_bidi_streams(quinn::VarInt::from_u32(bidi))
                 .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+            // Fewer ACK-only packets (ACK_THRESHOLD). quinn asks it of a peer only if the peer
+            // announced the extension, so an older peer is simply acknowledged as before.
+            let mut ack = quinn::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_THRESHOLD));
+            t.ack_frequency_config(Some(ack));
             Arc::new(t)
         };
         let mut server_config = quinn::ServerConfig::with_crypto(setup.server);

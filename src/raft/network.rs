@@ -192,18 +192,29 @@ impl AppendBudget {
         }
     }
 
-    /// An AppendEntries starts: its budget.
-    fn start(&mut self) -> usize {
+    /// An AppendEntries starts: its budget. One without entries (a heartbeat, or the commit index
+    /// moving) is not counted: a follower whose disk stalls still answers it in time, so it says
+    /// nothing about how much that follower can take, and counting it would undo each halving
+    /// (openraft sends one between a dropped request and its resend when commits go on).
+    fn start(&mut self, entries: bool) -> usize {
+        if !entries {
+            return usize::MAX;
+        }
         if std::mem::replace(&mut self.unfinished, true) {
             self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
         }
         self.bytes
     }
 
-    /// It ended: `timed_out` when the peer did not answer in time, `ok` when it succeeded.
-    fn end(&mut self, timed_out: bool, ok: bool) {
+    /// It ended: `timed_out` when the peer did not answer in time, `success` when it answered
+    /// Success (a refusal -- a conflict, a higher vote -- says nothing about speed and does not
+    /// grow the budget). Not counted for a request without entries (see `start`).
+    fn end(&mut self, entries: bool, timed_out: bool, success: bool) {
+        if !entries {
+            return;
+        }
         self.unfinished = timed_out;
-        if ok {
+        if success {
             self.bytes = self.bytes.saturating_mul(2).min(MAX_APPEND_BYTES);
         }
     }
@@ -364,7 +375,8 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         }
         let ttl = option.hard_ttl().saturating_sub(start.elapsed());
         // Keep the message bounded: send a prefix and report partial success for it.
-        let budget = self.append_budget.start();
+        let entries = !rpc.entries.is_empty();
+        let budget = self.append_budget.start(entries);
         let mut truncated = false;
         while rpc.entries.len() > 1 && postcard::experimental::serialized_size(&rpc).unwrap_or(usize::MAX) > budget {
             let keep = rpc.entries.len() / 2;
@@ -375,8 +387,11 @@ impl RaftNetwork<TypeConfig> for QuicClient {
         let r = self
             .call::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, _>(APPEND, &rpc, ttl)
             .await;
-        self.append_budget
-            .end(matches!(r, Err(RPCError::Unreachable(_))), matches!(r, Ok(Ok(_))));
+        self.append_budget.end(
+            entries,
+            matches!(r, Err(RPCError::Unreachable(_))),
+            matches!(r, Ok(Ok(AppendEntriesResponse::Success))),
+        );
         match r? {
             Ok(AppendEntriesResponse::Success) if truncated => Ok(AppendEntriesResponse::PartialSuccess(last)),
             Ok(resp) => Ok(resp),
@@ -838,32 +853,35 @@ mod tests {
     #[test]
     fn append_budget_shrinks_while_the_peer_is_slow_and_grows_back() {
         let mut b = AppendBudget::new();
-        assert_eq!(b.start(), MAX_APPEND_BYTES);
-        b.end(false, true);
-        assert_eq!(b.start(), MAX_APPEND_BYTES, "a success keeps the maximum");
-        // Dropped by openraft's timeout: end() never runs.
-        assert_eq!(b.start(), MAX_APPEND_BYTES / 2);
-        b.end(true, false); // the transport's timeout
-        assert_eq!(b.start(), MAX_APPEND_BYTES / 4);
+        assert_eq!(b.start(true), MAX_APPEND_BYTES);
+        b.end(true, false, true);
+        assert_eq!(b.start(true), MAX_APPEND_BYTES, "a success keeps the maximum");
+        // Dropped by openraft's timeout: end() never runs. A heartbeat answered in time before
+        // the resend changes nothing.
+        assert_eq!(b.start(false), usize::MAX, "a heartbeat is not limited");
+        b.end(false, false, true);
+        assert_eq!(b.start(true), MAX_APPEND_BYTES / 2);
+        b.end(true, true, false); // the transport's timeout
+        assert_eq!(b.start(true), MAX_APPEND_BYTES / 4);
         for _ in 0..20 {
-            b.end(true, false);
-            b.start();
+            b.end(true, true, false);
+            b.start(true);
         }
-        b.end(true, false);
-        assert_eq!(b.start(), MIN_APPEND_BYTES, "never below the floor");
-        b.end(false, false); // refused (a stale term, a remote error): answered in time
+        b.end(true, true, false);
+        assert_eq!(b.start(true), MIN_APPEND_BYTES, "never below the floor");
+        b.end(true, false, false); // refused (a conflict, a higher vote): answered in time
         assert_eq!(
-            b.start(),
+            b.start(true),
             MIN_APPEND_BYTES,
             "an answer that is no success does not grow it"
         );
-        b.end(false, true);
-        assert_eq!(b.start(), MIN_APPEND_BYTES * 2);
+        b.end(true, false, true);
+        assert_eq!(b.start(true), MIN_APPEND_BYTES * 2);
         for _ in 0..20 {
-            b.end(false, true);
-            b.start();
+            b.end(true, false, true);
+            b.start(true);
         }
-        b.end(false, true);
-        assert_eq!(b.start(), MAX_APPEND_BYTES, "never above the maximum");
+        b.end(true, false, true);
+        assert_eq!(b.start(true), MAX_APPEND_BYTES, "never above the maximum");
     }
 }
