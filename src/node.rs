@@ -579,6 +579,29 @@ fn lock_data_dir(dir: &Path, node: NodeId) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
+/// Whether `me` is certainly its cluster's only member (voter or learner): the newest membership
+/// in the log after what was applied, or else the applied one, names only `me`. Unknown (no
+/// membership found, an unreadable log) counts as not alone.
+fn only_member(log: &LogStore, loaded: &crate::raft::applied::Loaded, me: NodeId) -> bool {
+    let from = loaded.marker.applied.map_or(0, |l| l.index + 1);
+    let newest_in_log = match log.last_log_id() {
+        Some(last) if last.index >= from => match log.entries_sync(from, last.index) {
+            Ok(entries) => entries.into_iter().rev().find_map(|e| match e.payload {
+                openraft::EntryPayload::Membership(m) => Some(m),
+                _ => None,
+            }),
+            Err(_) => return false,
+        },
+        _ => None,
+    };
+    let membership = match (newest_in_log, &loaded.membership) {
+        (Some(m), _) => m,
+        (None, Some(stored)) => stored.membership().clone(),
+        (None, None) => return false,
+    };
+    membership.nodes().map(|(id, _)| *id).eq(std::iter::once(me))
+}
+
 impl Database {
     fn start(path: PathBuf, cfg: Config) -> Result<Arc<Database>, String> {
         let snap_policy = snapshot_policy()?;
@@ -588,22 +611,6 @@ impl Database {
         let lock = lock_data_dir(&cfg.data, cfg.node)?;
         let log = LogStore::open(&cfg.data.join("log"))
             .map_err(|e| format!("replicated: cannot open the Raft log in {}: {e}", cfg.data.display()))?;
-        // A node that led when it stopped leads again only after winning a new term (log_store.rs,
-        // `give_up_own_term`): its unsynced tail may be gone while its followers hold it.
-        match log.give_up_own_term(cfg.node) {
-            Ok(Some(v)) => tracing::info!(
-                "replicated: node {} led term {} when it stopped; it starts as a follower",
-                cfg.node,
-                v.leader_id().term
-            ),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(format!(
-                    "replicated: cannot save the vote in {}: {e}",
-                    cfg.data.display()
-                ))
-            }
-        }
         let (store, loaded) = AppliedStore::open(&cfg.data).map_err(|e| {
             format!(
                 "replicated: cannot open the applied-state record in {}: {e}",
@@ -611,6 +618,28 @@ impl Database {
             )
         })?;
         let fresh = log.last_log_id().is_none() && loaded.marker.applied.is_none();
+        // A node that led when it stopped leads again only after winning a new term (log_store.rs,
+        // `give_up_own_term`): other members may hold entries it sent them before its own fsync
+        // and then lost. The only member of its cluster sent entries to nobody: it resumes at once.
+        let led = log
+            .vote_sync()
+            .is_some_and(|v| v.is_committed() && v.leader_id().node_id == cfg.node);
+        if led && !only_member(&log, &loaded, cfg.node) {
+            match log.give_up_own_term(cfg.node) {
+                Ok(Some(v)) => tracing::info!(
+                    "replicated: node {} led term {} when it stopped; it starts as a follower",
+                    cfg.node,
+                    v.leader_id().term
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "replicated: cannot save the vote in {}: {e}",
+                        cfg.data.display()
+                    ))
+                }
+            }
+        }
         if fresh && cfg.peers.is_none() {
             return Err("replicated: missing required parameter 'peers' (required on a node's first start)".into());
         }
