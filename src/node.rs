@@ -621,23 +621,18 @@ impl Database {
         // A node that led when it stopped leads again only after winning a new term (log_store.rs,
         // `give_up_own_term`): other members may hold entries it sent them before its own fsync
         // and then lost. The only member of its cluster sent entries to nobody: it resumes at once.
-        let led = log
-            .vote_sync()
-            .is_some_and(|v| v.is_committed() && v.leader_id().node_id == cfg.node);
-        if led && !only_member(&log, &loaded, cfg.node) {
-            match log.give_up_own_term(cfg.node) {
-                Ok(Some(v)) => tracing::info!(
-                    "replicated: node {} led term {} when it stopped; it starts as a follower",
-                    cfg.node,
-                    v.leader_id().term
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(format!(
-                        "replicated: cannot save the vote in {}: {e}",
-                        cfg.data.display()
-                    ))
-                }
+        match log.give_up_own_term(cfg.node, || !only_member(&log, &loaded, cfg.node)) {
+            Ok(Some(v)) => tracing::info!(
+                "replicated: node {} led term {} when it stopped; it starts as a follower",
+                cfg.node,
+                v.leader_id().term
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(format!(
+                    "replicated: cannot save the vote in {}: {e}",
+                    cfg.data.display()
+                ))
             }
         }
         if fresh && cfg.peers.is_none() {

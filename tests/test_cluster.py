@@ -161,6 +161,28 @@ def restart_after_failpoint_crash(node, timeout=10):
     node.start()
 
 
+def eager_leader(c, action):
+    """Creates table t, then makes a follower, restarted with the failpoint `log.eager_sent=<action>`,
+    the leader, and waits until its followers are caught up (eager sends go only to those).
+    Returns it and the other nodes."""
+    c.leader().sql("create table t(a)")
+    c.sync_all()
+    f = c.followers()[0]
+    f.kill()
+    f.start(env={"REPLICATED_FAILPOINTS": f"log.eager_sent={action}"})
+    c.sync_all()
+    assert c.leader().one("select replicated_transfer_leader(?)", f.id) == f.id
+    assert c.leader().id == f.id
+    deadline = time.time() + 10
+    while True:
+        st = f.status()
+        if all(m["matched_index"] == st["last_log_index"] for m in st["members"]):
+            break
+        assert time.time() < deadline, st
+        time.sleep(0.02)
+    return f, [n for n in c.alive() if n is not f]
+
+
 def drop_last_log_record(node):
     """What a power loss does to an append whose fsync never completed: the last record of the
     node's newest log segment (log_store.rs: u32 length, u32 crc32, payload) reads as zeros."""
@@ -188,22 +210,7 @@ def test_a_leader_that_lost_its_unsynced_tail_does_not_lead_that_term_again(clus
     back from them. The followers are paused while it restarts so that they cannot move to a
     new term first (which would hide the bug)."""
     c = cluster(3, election_ms=1500)
-    c.leader().sql("create table t(a)")
-    c.sync_all()
-    f = c.followers()[0]
-    f.kill()
-    f.start(env={"REPLICATED_FAILPOINTS": "log.eager_sent=crash"})
-    c.sync_all()
-    assert c.leader().one("select replicated_transfer_leader(?)", f.id) == f.id
-    assert c.leader().id == f.id
-    others = [n for n in c.alive() if n is not f]
-    deadline = time.time() + 10
-    while True:  # eager sends go only to followers known to be caught up
-        st = f.status()
-        if all(m["matched_index"] == st["last_log_index"] for m in st["members"]):
-            break
-        assert time.time() < deadline, st
-        time.sleep(0.02)
+    f, others = eager_leader(c, "crash")
     f.submit("insert into t values(42)")  # f dies after the eager send, before its own fsync
     deadline = time.time() + 10
     while f.alive() and time.time() < deadline:
@@ -315,22 +322,7 @@ def test_leader_replicates_before_its_own_fsync(cluster):
     write, yet the followers hold it, so the two of them elect a leader that commits it; the
     stuck node, killed and restarted, converges with them byte for byte."""
     c = cluster(3)
-    c.leader().sql("create table t(a)")
-    c.sync_all()
-    f = c.followers()[0]
-    f.kill()
-    f.start(env={"REPLICATED_FAILPOINTS": "log.eager_sent=pause"})
-    c.sync_all()
-    assert c.leader().one("select replicated_transfer_leader(?)", f.id) == f.id
-    assert c.leader().id == f.id
-    others = [n for n in c.alive() if n is not f]
-    deadline = time.time() + 10
-    while True:  # eager sends go only to followers known to be caught up
-        st = f.status()
-        if all(m["matched_index"] == st["last_log_index"] for m in st["members"]):
-            break
-        assert time.time() < deadline, st
-        time.sleep(0.02)
+    f, others = eager_leader(c, "pause")
     f.submit("insert into t values(42)")  # it blocks inside f: no answer will come
     deadline = time.time() + 20
     while True:

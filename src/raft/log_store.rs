@@ -429,9 +429,6 @@ fn encode_vote_slot(seq: u64, vote: &Vote) -> io::Result<Vec<u8>> {
     Ok(b)
 }
 
-/// The vote in `vote.slots` and its sequence number: the valid slot with the higher one. None
-/// when the file does not exist. A slot of zeros was never written; a damaged slot is a write
-/// that never completed, unless both are damaged (corruption: nothing is guessed).
 /// Saves `vote` into the older slot of `vote.slots` (or creates the file holding it), durably.
 fn store_vote(st: &mut State, inner: &Inner, vote: &Vote) -> io::Result<()> {
     let seq = st.vote_seq.map_or(1, |prev| prev + 1);
@@ -461,6 +458,9 @@ fn store_vote(st: &mut State, inner: &Inner, vote: &Vote) -> io::Result<()> {
     Ok(())
 }
 
+/// The vote in `vote.slots` and its sequence number: the valid slot with the higher one. None
+/// when the file does not exist. A slot of zeros was never written; a damaged slot is a write
+/// that never completed, unless both are damaged (corruption: nothing is guessed).
 fn read_vote_slots(path: &Path) -> io::Result<Option<(u64, Option<Vote>)>> {
     let bytes = match fs::read(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -964,16 +964,11 @@ impl LogStore {
         }
     }
 
-    /// The saved vote.
-    pub fn vote_sync(&self) -> Option<Vote> {
-        self.inner.state.read().vote
-    }
-
-    /// Called at start, before the Raft core reads the vote, by a node that has other members
-    /// (node.rs: the only member sent its entries to nobody). If the saved vote is a
-    /// committed one naming `me` (this node led when it stopped), saves it again uncommitted, so
-    /// that openraft starts as a follower and this node can lead again only in a later term, won
-    /// in an election. Returns the vote it replaced.
+    /// Called at start, before the Raft core reads the vote. If the saved vote is a committed
+    /// one naming `me` (this node led when it stopped) and `has_other_members()` (node.rs: the
+    /// only member sent its entries to nobody), saves it again uncommitted, so that openraft
+    /// starts as a follower and this node can lead again only in a later term, won in an
+    /// election. Returns the vote it replaced.
     ///
     /// Why (EAGER REPLICATION): a leader hands its batch to the followers before its own fsync.
     /// If it then loses that unsynced tail (power loss, or an fsync error, after which Linux
@@ -983,10 +978,10 @@ impl LogStore {
     /// entries under the same log ids, which the followers take for the ones they hold (Raft
     /// matches entries by log id), and the logs would diverge. Restarted as a follower, it is
     /// behind those followers, cannot win their votes, and receives the lost entries back.
-    pub fn give_up_own_term(&self, me: NodeId) -> io::Result<Option<Vote>> {
+    pub fn give_up_own_term(&self, me: NodeId, has_other_members: impl FnOnce() -> bool) -> io::Result<Option<Vote>> {
         let saved = self.inner.state.read().vote;
         match saved {
-            Some(v) if v.is_committed() && v.leader_id().node_id == me => {
+            Some(v) if v.is_committed() && v.leader_id().node_id == me && has_other_members() => {
                 let demoted = Vote::new(v.leader_id().term, me);
                 self.write(|st, inner| store_vote(st, inner, &demoted))?;
                 Ok(Some(v))
@@ -1778,20 +1773,24 @@ mod tests {
         let mut s = store_with(d.path(), txns(0..3)).await;
         // A vote naming another node, or not committed, is left as it is.
         s.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
-        assert_eq!(s.give_up_own_term(1).unwrap(), None);
+        assert_eq!(s.give_up_own_term(1, || true).unwrap(), None);
         s.save_vote(&Vote::new(5, 1)).await.unwrap();
-        assert_eq!(s.give_up_own_term(1).unwrap(), None);
+        assert_eq!(s.give_up_own_term(1, || true).unwrap(), None);
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
         // This node's committed vote (it led term 6) is saved again uncommitted, durably.
         s.save_vote(&Vote::new_committed(6, 1)).await.unwrap();
         drop(s);
         let mut s = LogStore::open(d.path()).unwrap();
-        assert_eq!(s.give_up_own_term(1).unwrap(), Some(Vote::new_committed(6, 1)));
+        assert_eq!(s.give_up_own_term(1, || true).unwrap(), Some(Vote::new_committed(6, 1)));
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(6, 1)));
         drop(s);
         let mut s = LogStore::open(d.path()).unwrap();
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(6, 1)), "durable");
-        assert_eq!(s.give_up_own_term(1).unwrap(), None, "nothing left to give up");
+        assert_eq!(s.give_up_own_term(1, || true).unwrap(), None, "nothing left to give up");
+        // The only member keeps its committed vote.
+        s.save_vote(&Vote::new_committed(7, 1)).await.unwrap();
+        assert_eq!(s.give_up_own_term(1, || false).unwrap(), None);
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new_committed(7, 1)));
     }
 
     #[tokio::test]
