@@ -229,6 +229,16 @@ fn run(path: String, rx: crossbeam_channel::Receiver<Job>, stalled: Arc<Mutex<Op
             db = Some(w);
             continue;
         }
+        let job = match job {
+            // Only openraft's start asks before the attach (a purged log without a snapshot), and
+            // the attach comes after that start returns: answer at once, the scheduler snapshots
+            // once the node runs (node.rs, `schedule_snapshots`).
+            Job::Build { reply } if db.is_none() => {
+                let _ = reply.send(Err("snapshot: the node is still starting".into()));
+                continue;
+            }
+            job => job,
+        };
         if db.is_none() && !waited {
             // The Raft core starts before `Database::start` attaches the applier, so a leader's
             // AppendEntries can have an entry applied first (it failed, and poisoned the node,
@@ -865,6 +875,13 @@ impl Conn {
         unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
         let (log_id, last_txn, mx, n_page, page_size) = pinned?; // dropping `snap` ends its transaction
         let db_path = PathBuf::from(path);
+        let (n_page, page_size) = if mx == 0 && (n_page == 0 || page_size == 0) {
+            // SQLite's recovery of an empty WAL leaves the header's size fields zero; readers
+            // then size the database by its file (READ_LOCK(0) keeps checkpoints from changing it).
+            file_geometry(&db_path)?
+        } else {
+            (n_page, page_size)
+        };
         Ok(Pinned {
             wal_path: crate::reconcile::sibling(&db_path, "-wal"),
             db_path,
@@ -928,4 +945,29 @@ impl Conn {
         }
         db.sync_records()
     }
+}
+
+/// The page count and page size of a database file read alone (no WAL frames): the page size
+/// from its header, the count from its length. An empty file has no state to copy.
+fn file_geometry(db: &Path) -> Result<(u32, u32), String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(db).map_err(|e| format!("snapshot: opening the database: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("snapshot: {e}"))?.len();
+    if len == 0 {
+        return Err("snapshot: the database is still empty".into());
+    }
+    let mut b = [0u8; 2];
+    f.read_exact_at(&mut b, 16)
+        .map_err(|e| format!("snapshot: reading the database header: {e}"))?;
+    let ps = match u16::from_be_bytes(b) {
+        1 => 65536,
+        p => u32::from(p),
+    };
+    if !(512..=65536).contains(&ps) || !ps.is_power_of_two() || len % u64::from(ps) != 0 {
+        return Err(format!(
+            "snapshot: the database file has a bad size ({len} bytes, page size {ps})"
+        ));
+    }
+    let n = u32::try_from(len / u64::from(ps)).map_err(|_| "snapshot: database too large".to_string())?;
+    Ok((n, ps))
 }

@@ -617,7 +617,14 @@ impl Database {
                 cfg.data.display()
             )
         })?;
-        let fresh = log.last_log_id().is_none() && loaded.marker.applied.is_none();
+        // Anything applied, received or voted makes a node a member that restarts, never a new
+        // one (a joiner killed while its first snapshot install was being saved has only records).
+        let fresh = log.last_log_id().is_none()
+            && log.purged_sync().is_none()
+            && loaded.marker.applied.is_none()
+            && loaded.records.is_empty()
+            && loaded.membership.is_none()
+            && crate::raft::snapshot::latest(&cfg.data).is_none();
         // A node that led when it stopped leads again only after winning a new term (log_store.rs,
         // `give_up_own_term`): other members may hold entries it sent them before its own fsync
         // and then lost. The only member of its cluster sent entries to nobody: it resumes at once.
@@ -1441,6 +1448,17 @@ impl Database {
                 tokio::time::sleep(SNAPSHOT_CHECK).await;
                 let Some(db) = weak.upgrade() else { return };
                 let since = db.raft.metrics().borrow().snapshot.map(|l| l.index);
+                // A log purged past the newest snapshot (a crash between an install and its
+                // snapshot file, or a start that cleaned a hole) needs one covering it at once:
+                // a follower lagging behind the purge point can only be sent a snapshot.
+                let purged = db.log.purged_sync().map(|p| p.index);
+                if purged > since && db.published().0.map(|l| l.index) >= purged {
+                    tracing::info!("replicated: the log is purged past the newest snapshot: snapshotting");
+                    if db.raft.trigger().snapshot().await.is_err() {
+                        return; // Raft has stopped
+                    }
+                    continue;
+                }
                 // A snapshot holds what is published, which stops before a transaction whose
                 // parts are still arriving: nothing published past the last snapshot, nothing to do.
                 let Some(published) = db.published().0.map(|l| l.index).filter(|p| Some(*p) > since) else {

@@ -33,8 +33,14 @@ use std::path::{Path, PathBuf};
 const REPLAY_BATCH: u64 = 64;
 
 pub struct Reconciled {
+    /// The last entry replayed or found applied, of any kind (openraft's applied log id).
     pub applied: Option<LogId>,
     pub last_txn: u64,
+    /// The log id up to which the database files hold the state, with `last_txn`: the last
+    /// complete transaction (or the snapshot restored). Never a blank or membership entry after
+    /// it, nor a part of a transaction still being staged: a snapshot is labelled with this pair,
+    /// and the log is purged up to its label.
+    pub published: Option<LogId>,
     /// Parts of a split transaction replayed but not yet complete (its last part is not committed).
     pub assembler: crate::raft::types::Assembler,
     pub membership: StoredMembership<NodeId, BasicNode>,
@@ -242,6 +248,9 @@ pub fn reconcile(
         }
     }
 
+    // What the files hold: the record or marker found names a published state.
+    let mut published = applied;
+
     // 3. Replay committed entries.
     // A pristine node has no membership until the cluster gives it one: `peers` is only a
     // bootstrap hint, never applied state (a joining node would otherwise think itself a voter).
@@ -273,6 +282,7 @@ pub fn reconcile(
         store.keep_first(0).map_err(|e| err("trimming records", e))?;
         appender = None;
         applied = stored.meta.last_log_id;
+        published = applied;
         last_txn = stored.last_txn;
         membership = stored.meta.last_membership.clone();
         store
@@ -282,6 +292,11 @@ pub fn reconcile(
             .set_marker(Marker { applied, last_txn })
             .map_err(|e| err("recording the checkpoint marker", e))?;
         start = last_txn + 1;
+        // Earlier versions labelled a snapshot with the last entry applied, which may be a blank
+        // or membership entry after its last transaction: the snapshot holds those already.
+        if let Some(s) = applied.map(|a| a.index).filter(|s| start <= p && *s >= p) {
+            start = s + 1;
+        }
         if purged_hole.is_some() && start <= p {
             return Err(format!(
                 "replicated: reconciling {}: the snapshot ends at transaction {last_txn} but the log is purged up to {p}",
@@ -365,6 +380,7 @@ pub fn reconcile(
                                     .map_err(|e| err("recording", e))?;
                             }
                             last_txn = e.log_id.index;
+                            published = Some(e.log_id);
                             replayed += 1;
                         }
                     }
@@ -383,6 +399,7 @@ pub fn reconcile(
     Ok(Reconciled {
         applied,
         last_txn,
+        published,
         membership,
         assembler,
         replayed,

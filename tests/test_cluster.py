@@ -737,6 +737,73 @@ def test_lagging_follower_receives_a_snapshot(cluster):
     assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
 
 
+def test_a_node_restarts_after_a_snapshot_taken_past_its_last_transaction(cluster):
+    """A restart replays the blank entries of earlier leader changes after the last transaction.
+    A snapshot must still be labelled with that transaction, not with the blank: one labelled with
+    the blank let the log be purged past the transaction, and the next start of the node failed
+    ("the snapshot ends at transaction L but the log is purged up to B"). Snapshots after every
+    entry; leader changes without writes; the node restarts twice around them."""
+    c = cluster(3)
+    env = {"REPLICATED_SNAPSHOT_EVERY": "1"}
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env=env)
+    c.leader().sql("create table t(id integer primary key, v text)")
+    for i in range(5):
+        c.write("insert into t(v) values(?)", f"row {i}")
+    c.sync_all()
+    node = c.followers()[0]
+    for _ in range(2):  # leader changes (blank entries) with no transaction after them
+        old = c.leader()
+        if old.id == node.id:
+            old = next(n for n in c.alive() if n.id != node.id)
+        old.kill()
+        c.leader(among=[n for n in c.alive()])
+        old.start(env=env)
+        c.sync_all()
+        node.kill()
+        node.start(env=env)
+        c.sync_all()
+        time.sleep(1)  # a snapshot after the blank, and the purge behind it
+    node.kill()
+    node.start(env=env)  # failed here before
+    c.write("insert into t(v) values('after')")
+    c.sync_all()
+    assert {n.one("select count(*) from t") for n in c.alive()} == {6}
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_a_snapshot_after_a_restart_with_an_empty_wal_holds_the_database(cluster):
+    """wal_checkpoint(TRUNCATE) empties the WAL; after a kill -9 and a restart SQLite's recovery
+    leaves the wal-index header's page count and page size zero, and readers size the database by
+    its file. A snapshot taken then must do the same: it was an empty image, which a restart
+    restored over the database."""
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env={"REPLICATED_SNAPSHOT_EVERY": "100000"})
+    leader = c.leader()
+    leader.sql("create table t(id integer primary key, v text)")
+    for i in range(20):
+        c.write("insert into t(v) values(?)", f"row {i}")
+    c.sync_all()
+    leader.sql("pragma wal_checkpoint(truncate)")
+    assert os.path.getsize(str(leader.db) + "-wal") == 0
+    size = os.path.getsize(leader.db)
+    assert size >= 2 * 4096
+    leader.kill()
+    c.leader(among=[n for n in c.alive()])
+    leader.start(env={"REPLICATED_SNAPSHOT_EVERY": "1"})  # snapshots at the next commit
+    wait_until(lambda: leader.status()["snapshot_index"] is not None, timeout=20, what="a snapshot")
+    snaps = list((leader.db.parent / "app.db-raft" / "snapshots").glob("snap-*.db"))
+    assert snaps and all(p.stat().st_size == size for p in snaps), (size, [(p, p.stat().st_size) for p in snaps])
+    leader.kill()
+    leader.start(env={"REPLICATED_SNAPSHOT_EVERY": "1"})
+    c.sync_all()
+    assert {n.one("select count(*) from t") for n in c.alive()} == {20}
+    assert leader.one("pragma integrity_check") == "ok"
+
+
 def test_log_is_compacted_by_default(cluster):
     """Default settings: once a node's log after its last snapshot passes 64 MiB (or the size of
     its database), the node snapshots and purges the log behind the snapshot. A node added later
@@ -1109,4 +1176,33 @@ def test_crash_while_installing_a_snapshot(cluster, point):
     assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
     for n in c.alive():
         assert n.one("pragma integrity_check") == "ok"
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+@pytest.mark.parametrize("point", ["snapshot.install.after_publish", "snapshot.install.after_commit"])
+def test_a_new_node_killed_while_installing_its_first_snapshot_rejoins(cluster, point):
+    """A node added to a cluster whose log is purged gets a snapshot first. Killed after the install
+    was published into its WAL (its log still empty, its snapshot file maybe not saved), it must
+    restart as the member it has become: it was taken for a new node and refused to start ("only
+    the node with the lowest id ... existing database"), every time."""
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env=SNAP_ENV)
+    c.write("create table t(id integer primary key, v text)")
+    c.sync_all()
+    members = list(c.alive())
+    rows, _ = write_until_purged(c, members)
+    n4 = c.add_node(4).start(env={**SNAP_ENV, "REPLICATED_FAILPOINTS": f"{point}=crash"})
+    c.leader(among=members).one("select replicated_add_node(4, ?)", c.addr(4))
+    deadline = time.time() + 30
+    while n4.proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert n4.proc.poll() is not None, "the failpoint did not fire"
+    n4.proc = None
+    n4.start(env=SNAP_ENV)
+    c.write("insert into t(v) values('after')")
+    c.sync_all(timeout_ms=30000)
+    assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
+    assert n4.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1

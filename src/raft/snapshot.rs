@@ -75,14 +75,28 @@ fn sync_dir(d: &Path) -> io::Result<()> {
     File::open(d)?.sync_all()
 }
 
-/// Makes `tmp` (a complete image) the current snapshot with `meta`; removes older ones.
+/// Makes `tmp` (a complete image) the current snapshot with `meta`; removes older ones. A build
+/// and an install may finish in either order (openraft 0.9 runs builds beside the state machine):
+/// when a newer snapshot is already there, `tmp` is removed instead and the newer one stays.
 pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBuf> {
+    static COMMITS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _one_at_a_time = COMMITS.lock();
     let d = dir(data);
     std::fs::create_dir_all(&d)?;
     let log_id = stored
         .meta
         .last_log_id
         .ok_or_else(|| io::Error::other("snapshot without a log id"))?;
+    if let Some(newer) = latest(data)
+        .and_then(|(_, s)| s.meta.last_log_id)
+        .filter(|l| l.index > log_id.index)
+    {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io::Error::other(format!(
+            "snapshot at {} not kept: the one at {} is newer",
+            log_id.index, newer.index
+        )));
+    }
     let base = d.join(stem(&log_id));
     let db = base.with_extension("db");
     File::open(tmp)?.sync_all()?;
@@ -100,7 +114,12 @@ pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBu
     for e in std::fs::read_dir(&d)?.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("snap-") && !name.starts_with(&stem(&log_id)) {
+        let older = name
+            .strip_prefix("snap-")
+            .and_then(|r| r.get(..20))
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| i < log_id.index);
+        if older {
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -217,6 +236,11 @@ pub fn incoming(data: &Path, id: &str) -> io::Result<PathBuf> {
 /// Writes the database image as of WAL frame `mx_frame` (database size `n_page` pages): the
 /// database file overlaid with the newest frame of each page in frames 1..=mx_frame.
 pub fn copy_image(db: &Path, wal: &Path, mx_frame: u32, n_page: u32, page_size: u32, out: &Path) -> io::Result<()> {
+    if n_page == 0 || !(512..=65536).contains(&page_size) {
+        return Err(io::Error::other(format!(
+            "snapshot: no image of {n_page} pages of {page_size} bytes"
+        )));
+    }
     let ps = page_size as usize;
     let mut newest: HashMap<u32, u64> = HashMap::new();
     let walf = if mx_frame > 0 { Some(File::open(wal)?) } else { None };
@@ -359,5 +383,38 @@ mod tests {
             ["snap-00000000000000000009-1.db", "snap-00000000000000000009-1.json"]
         );
         assert_eq!(remove_leftovers(&d.path().join("absent")), 0);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_current_one_is_not_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let stored = |index: u64| StoredMeta {
+            meta: SnapshotMeta {
+                last_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(2, 1), index)),
+                last_membership: Default::default(),
+                snapshot_id: format!("{index}-2-{index}"),
+            },
+            last_txn: index,
+        };
+        let image = |name: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, name.as_bytes()).unwrap();
+            p
+        };
+        commit(d.path(), &image("a"), &stored(10)).unwrap();
+        commit(d.path(), &image("b"), &stored(20)).unwrap();
+        // A build of 15 that finishes after the install of 20: 20 stays the current snapshot.
+        let late = image("c");
+        assert!(commit(d.path(), &late, &stored(15)).is_err());
+        assert!(!late.exists(), "the late image is removed");
+        let (path, meta) = latest(d.path()).unwrap();
+        assert_eq!(meta.last_txn, 20);
+        assert_eq!(std::fs::read(path).unwrap(), b"b");
+        let names: Vec<String> = std::fs::read_dir(dir(d.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "only the snapshot at 20: {names:?}");
+        assert!(names.iter().all(|n| n.starts_with("snap-00000000000000000020-2.")));
     }
 }

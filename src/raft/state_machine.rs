@@ -142,6 +142,7 @@ impl SmShared {
         let crate::reconcile::Reconciled {
             applied,
             last_txn,
+            published,
             membership,
             assembler,
             ..
@@ -153,7 +154,7 @@ impl SmShared {
             data,
             node_id,
             store,
-            published: Mutex::new((applied, last_txn)),
+            published: Mutex::new((published, last_txn)),
             install_failed: Mutex::new(None),
             state: Mutex::new(SmState {
                 memberships: vec![membership.clone()],
@@ -289,19 +290,31 @@ pub struct StateMachine(pub Arc<SmShared>);
 pub struct Builder(Arc<SmShared>);
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    /// A failed build is no storage failure: openraft 0.9 stops the Raft core on any error from
+    /// here, while a snapshot that could not be built (nothing published yet, the WAL write lock
+    /// held by a long transaction, a full disk) only leaves the log unpurged until the next try.
+    /// It answers with the current snapshot's meta instead (or none), which openraft ignores as
+    /// not newer than what it has.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (path, stored) = self.0.applier.build_snapshot().await.map_err(|e| {
-            StorageError::from_io_error(
-                openraft::ErrorSubject::None,
-                openraft::ErrorVerb::Write,
-                std::io::Error::other(e),
-            )
-        })?;
-        tracing::info!("replicated: built snapshot {}", stored.meta.snapshot_id);
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(SnapshotFile { path }),
-        })
+        match self.0.applier.build_snapshot().await {
+            Ok((path, stored)) => {
+                tracing::info!("replicated: built snapshot {}", stored.meta.snapshot_id);
+                Ok(Snapshot {
+                    meta: stored.meta,
+                    snapshot: Box::new(SnapshotFile { path }),
+                })
+            }
+            Err(e) => {
+                tracing::warn!("replicated: no snapshot this time: {e}");
+                let current = snapshot::latest(&self.0.data);
+                Ok(Snapshot {
+                    meta: current.as_ref().map(|(_, s)| s.meta.clone()).unwrap_or_default(),
+                    snapshot: Box::new(SnapshotFile {
+                        path: current.map(|(p, _)| p).unwrap_or_default(),
+                    }),
+                })
+            }
+        }
     }
 }
 
