@@ -878,7 +878,8 @@ impl Conn {
         let (n_page, page_size) = if mx == 0 && (n_page == 0 || page_size == 0) {
             // SQLite's recovery of an empty WAL leaves the header's size fields zero; readers
             // then size the database by its file (READ_LOCK(0) keeps checkpoints from changing it).
-            file_geometry(&db_path)?
+            let f = std::fs::File::open(&db_path).map_err(|e| format!("snapshot: opening the database: {e}"))?;
+            geometry(&f, "snapshot: the database")?
         } else {
             (n_page, page_size)
         };
@@ -902,28 +903,9 @@ impl Conn {
     }
 
     fn install_snapshot(&mut self, db: &Database, image: &Path, stored: &StoredMeta) -> Result<(), String> {
-        use std::os::unix::fs::FileExt;
         let log_id = stored.meta.last_log_id.ok_or("snapshot without a log id")?;
         let file = std::fs::File::open(image).map_err(|e| format!("opening the snapshot image: {e}"))?;
-        let mut hdr = [0u8; 100];
-        file.read_exact_at(&mut hdr, 0)
-            .map_err(|e| format!("reading the snapshot image: {e}"))?;
-        if &hdr[..16] != b"SQLite format 3\0" {
-            return Err("the snapshot image is not a SQLite database".into());
-        }
-        let ps = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
-        let page_size = if ps == 1 { 65536 } else { ps };
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
-        if !(512..=65536).contains(&page_size)
-            || !page_size.is_power_of_two()
-            || len == 0
-            || len % page_size as u64 != 0
-        {
-            return Err(format!(
-                "the snapshot image has a bad size ({len} bytes, page size {page_size})"
-            ));
-        }
-        let n_page = u32::try_from(len / page_size as u64).map_err(|_| "snapshot image too large")?;
+        let (n_page, page_size) = geometry(&file, "the snapshot image")?;
         self.apply(
             db,
             &Source::Image {
@@ -947,27 +929,27 @@ impl Conn {
     }
 }
 
-/// The page count and page size of a database file read alone (no WAL frames): the page size
-/// from its header, the count from its length. An empty file has no state to copy.
-fn file_geometry(db: &Path) -> Result<(u32, u32), String> {
+/// The page count and page size of a database file read alone (a snapshot image, or the
+/// database when no WAL frame counts): the page size from its header, the count from its length.
+/// An empty file, or one that is not a SQLite database, has no state to copy.
+fn geometry(f: &std::fs::File, what: &str) -> Result<(u32, u32), String> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(db).map_err(|e| format!("snapshot: opening the database: {e}"))?;
-    let len = f.metadata().map_err(|e| format!("snapshot: {e}"))?.len();
-    if len == 0 {
-        return Err("snapshot: the database is still empty".into());
+    let len = f.metadata().map_err(|e| format!("{what}: {e}"))?.len();
+    let mut hdr = [0u8; 100];
+    if len > 0 {
+        f.read_exact_at(&mut hdr, 0)
+            .map_err(|e| format!("reading {what}: {e}"))?;
+        if &hdr[..16] != b"SQLite format 3\0" {
+            return Err(format!("{what} is not a SQLite database"));
+        }
     }
-    let mut b = [0u8; 2];
-    f.read_exact_at(&mut b, 16)
-        .map_err(|e| format!("snapshot: reading the database header: {e}"))?;
-    let ps = match u16::from_be_bytes(b) {
+    let ps = match u16::from_be_bytes([hdr[16], hdr[17]]) {
         1 => 65536,
         p => u32::from(p),
     };
-    if !(512..=65536).contains(&ps) || !ps.is_power_of_two() || len % u64::from(ps) != 0 {
-        return Err(format!(
-            "snapshot: the database file has a bad size ({len} bytes, page size {ps})"
-        ));
+    if !(512..=65536).contains(&ps) || !ps.is_power_of_two() || len == 0 || len % u64::from(ps) != 0 {
+        return Err(format!("{what} has a bad size ({len} bytes, page size {ps})"));
     }
-    let n = u32::try_from(len / u64::from(ps)).map_err(|_| "snapshot: database too large".to_string())?;
+    let n = u32::try_from(len / u64::from(ps)).map_err(|_| format!("{what} is too large"))?;
     Ok((n, ps))
 }

@@ -1452,7 +1452,8 @@ impl Database {
                 // snapshot file, or a start that cleaned a hole) needs one covering it at once:
                 // a follower lagging behind the purge point can only be sent a snapshot.
                 let purged = db.log.purged_sync().map(|p| p.index);
-                if purged > since && db.published().0.map(|l| l.index) >= purged {
+                let published = db.published().0.map(|l| l.index);
+                if purged > since && published >= purged {
                     tracing::info!("replicated: the log is purged past the newest snapshot: snapshotting");
                     if db.raft.trigger().snapshot().await.is_err() {
                         return; // Raft has stopped
@@ -1461,7 +1462,7 @@ impl Database {
                 }
                 // A snapshot holds what is published, which stops before a transaction whose
                 // parts are still arriving: nothing published past the last snapshot, nothing to do.
-                let Some(published) = db.published().0.map(|l| l.index).filter(|p| Some(*p) > since) else {
+                let Some(published) = published.filter(|p| Some(*p) > since) else {
                     continue;
                 };
                 // A node catching up waits until it has: the copy would take the disk from the

@@ -294,8 +294,9 @@ pub fn reconcile(
         start = last_txn + 1;
         // Earlier versions labelled a snapshot with the last entry applied, which may be a blank
         // or membership entry after its last transaction: the snapshot holds those already.
-        if let Some(s) = applied.map(|a| a.index).filter(|s| start <= p && *s >= p) {
-            start = s + 1;
+        match applied {
+            Some(s) if start <= p && s.index >= p => start = s.index + 1,
+            _ => {}
         }
         if purged_hole.is_some() && start <= p {
             return Err(format!(
