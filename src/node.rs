@@ -1361,6 +1361,8 @@ impl Database {
             // (`Contact::quiet`), and from the task's start.
             let start = Instant::now();
             let mut jitter = election::jitter(min, max);
+            // This task stopped the heartbeats of a poisoned leader (state_machine.rs).
+            let mut quieted = false;
             loop {
                 tokio::time::sleep(tick).await;
                 let Some(db) = weak.upgrade() else { return };
@@ -1369,10 +1371,31 @@ impl Database {
                 if v.shutdown {
                     return;
                 }
+                let poisoned = db.sm.is_poisoned();
+                let alone = !v.members.iter().any(|m| m.0 != me && m.2);
+                let step_down = poisoned && v.state == Some(ServerState::Leader) && !alone;
+                if step_down && !db.handover.load(Ordering::Acquire) {
+                    // The followers' leases run out and they elect another leader; this node
+                    // votes for it like any follower (openraft's lease on its vote lapses too).
+                    if !quieted {
+                        tracing::warn!("replicated: node {me} cannot apply the log: stepping down as leader");
+                    }
+                    db.raft.runtime_config().heartbeat(false);
+                    quieted = true;
+                    continue;
+                }
+                if quieted && !step_down {
+                    db.raft.runtime_config().heartbeat(true);
+                    quieted = false;
+                }
                 if v.state == Some(ServerState::Leader) {
                     // A leader hears itself: once deposed, it refuses pre-votes for the lease like
                     // any follower of the new leader would.
                     db.contact.heard();
+                    continue;
+                }
+                if poisoned {
+                    db.contact.campaigned(); // it must not lead; its timer restarts when cured
                     continue;
                 }
                 if !v.members.iter().any(|m| m.0 == me && m.2) {
@@ -1511,8 +1534,10 @@ impl Database {
                     (m.current_leader, m.last_applied.map(|l| l.index).unwrap_or(0))
                 };
                 let Some(db) = weak.upgrade() else { return };
+                // A poisoned node's applied index moves past what it could not publish: it reports
+                // nothing until a snapshot install clears the poison (the next metrics change).
                 let target = leader
-                    .filter(|l| *l != db.cfg.node && (Some(*l), applied) != sent)
+                    .filter(|l| *l != db.cfg.node && (Some(*l), applied) != sent && !db.sm.is_poisoned())
                     .and_then(|l| db.view().members.iter().find(|m| m.0 == l).map(|m| (l, m.1.clone())));
                 let t = db.transport.clone();
                 drop(db);
@@ -1552,6 +1577,15 @@ impl Database {
     /// network) for a read index confirmed by a quorum, then waits until this node has applied it.
     pub fn sync(&self, timeout: Duration) -> Result<u64, String> {
         let deadline = Instant::now() + timeout;
+        // A poisoned node's applied index counts entries it could not publish (state_machine.rs).
+        let poisoned = || {
+            self.sm.poisoned.lock().clone().map(|p| {
+                format!("replicated: this node cannot apply the log, so it cannot serve a linearizable read: {p}")
+            })
+        };
+        if let Some(e) = poisoned() {
+            return Err(e);
+        }
         // Elections and restarts make the first answer transient; retry until the deadline.
         let read_index = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -1566,6 +1600,9 @@ impl Database {
         };
         loop {
             let applied = self.view().applied;
+            if let Some(e) = poisoned() {
+                return Err(e);
+            }
             if applied >= read_index {
                 return Ok(applied);
             }

@@ -1206,3 +1206,70 @@ def test_a_new_node_killed_while_installing_its_first_snapshot_rejoins(cluster, 
     assert {n.one("select count(*) from t") for n in c.alive()} == {rows + 1}
     assert n4.one("pragma integrity_check") == "ok"
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_a_follower_that_cannot_apply_reports_no_progress(cluster):
+    """A follower whose apply failed (poisoned) still stores log entries, and openraft counts the
+    entries after the failed one as applied: none of that is progress. With the other follower
+    down, an ack=apply commit has no majority that applied it and fails; replicated_sync() on the
+    poisoned node fails instead of serving a stale read. A restart replays the entry; all converge."""
+    c = cluster(3)  # ack=apply, the default
+    c.write("create table t(id integer primary key, v text)")
+    c.write("insert into t(v) values('a')")
+    c.sync_all()
+    sick, other = c.followers()
+    sick.kill()
+    sick.start(env={"REPLICATED_FAILPOINTS": "apply.before=error"})
+    leader = c.leader()
+    leader.sql("insert into t(v) values('b')")  # the leader and `other` applied it
+    wait_until(lambda: "applying log entry" in (sick.one("select replicated_last_error()") or ""),
+               10, "the follower's apply to fail")
+    with pytest.raises(SqlError) as e:
+        sick.sql("select replicated_sync(2000)")
+    assert "cannot apply the log" in str(e.value)
+    assert sick.one("select count(*) from t") == 1  # readers keep the last consistent state
+    other.kill()
+    with pytest.raises(SqlError) as e:
+        leader.sql("insert into t(v) values('c')")  # committed (leader + sick), applied by one
+    assert e.value.code & 0xFF == SQLITE_IOERR, e.value
+    sick.kill()
+    sick.start()
+    other.start()
+    c.sync_all()
+    rows = {n.id: n.sql("select v from t order by id") for n in c.alive()}
+    assert rows[leader.id] == [["a"], ["b"], ["c"]], rows
+    assert all(r == rows[leader.id] for r in rows.values()), rows
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_a_leader_that_cannot_apply_steps_down(cluster):
+    """A leader whose apply failed refuses writes until it restarts: it must hand the cluster to
+    another leader instead of holding it, and must not lead again while poisoned."""
+    c = cluster(3)
+    c.write("create table t(id integer primary key, v text)")
+    c.sync_all()
+    sick = c.followers()[0]
+    sick.kill()
+    # Every claim is declined, so the leader applies its own transactions from the log, and that fails.
+    sick.start(env={"REPLICATED_FAILPOINTS": "sm.claim=error,apply.own=error"})
+    c.sync_all()
+    assert c.leader().one("select replicated_transfer_leader(?)", sick.id) == sick.id
+    with pytest.raises(SqlError) as e:
+        sick.sql("insert into t(v) values('x')")  # committed, but the leader cannot apply it
+    assert e.value.code & 0xFF == SQLITE_IOERR, e.value
+    healthy = [n for n in c.alive() if n is not sick]
+    new = c.leader(among=healthy, timeout=10)
+    new.sql("insert into t(v) values('y')")
+    assert c.leader().id == new.id  # the sick node agrees
+    with pytest.raises(SqlError) as e:
+        new.sql("select replicated_transfer_leader(?)", sick.id)
+    # (It fails on the sick node's refusal, or on the other node's election: the hand-over
+    # paused the heartbeats, so either healthy node may lead now.)
+    assert c.leader().id != sick.id
+    sick.kill()
+    sick.start()
+    c.sync_all()
+    rows = {n.id: n.sql("select v from t order by id") for n in c.alive()}
+    assert rows[sick.id] == [["x"], ["y"]], rows
+    assert all(r == rows[sick.id] for r in rows.values()), rows
+    assert len(set(c.checkpoint_and_hash().values())) == 1

@@ -573,6 +573,9 @@ pub struct ServiceState {
     pub contact: Arc<Contact>,
     /// The log store (its last log id answers pre-votes) and the leader lease.
     pub election: OnceLock<(crate::raft::log_store::LogStore, Duration)>,
+    /// The node cannot apply (SmShared::poison): it must not lead, so it refuses CAMPAIGN and,
+    /// as a leader, grants pre-votes (node.rs `run_elections` stops its heartbeats).
+    pub poisoned: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for RaftService {
@@ -599,6 +602,7 @@ impl RaftService {
             leader_commit: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             contact: Arc::new(Contact::default()),
             election: OnceLock::new(),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -717,6 +721,11 @@ impl RaftService {
                 // the other followers' leases have expired too (the leader stopped its heartbeats),
                 // and one whose timer fires meanwhile would otherwise win this node's grant and
                 // campaign against it (seen: "node 2 did not take over (leader is Some(3))").
+                if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(
+                        "this node cannot apply the log (see replicated_last_error()) and will not lead".into(),
+                    );
+                }
                 self.contact.heard();
                 self.contact.campaigned();
                 raft.trigger().elect().await.map_err(|e| e.to_string())?;
@@ -724,7 +733,10 @@ impl RaftService {
             }
             RpcBody::PreVote(p) => {
                 let (log, lease) = self.election.get().ok_or("node is starting")?;
-                let is_leader = raft.metrics().borrow().state == openraft::ServerState::Leader;
+                // A poisoned leader is stepping down: it grants like any follower whose leader
+                // went quiet (it stopped its own heartbeats and no longer hears itself).
+                let is_leader = raft.metrics().borrow().state == openraft::ServerState::Leader
+                    && !self.poisoned.load(std::sync::atomic::Ordering::Acquire);
                 let mine = log.last_log_id();
                 encode(&election::grant(
                     is_leader,

@@ -14,7 +14,12 @@
 //!   the node is poisoned: writes are refused with a message, reads keep the last consistent
 //!   state, and a restart replays the entry from the log (reconcile.rs). Nothing diverges.
 //!
-//! Snapshots are not built in this version (snapshot policy "never"): the log is kept whole.
+//! A poisoned node still stores and acknowledges log entries (that needs no apply), and openraft
+//! still counts the entries after the failed one as applied; nothing may take that for
+//! progress. So it reports nothing more to the leader for `ack=apply`, `replicated_sync()` fails
+//! on it, and it does not lead: a poisoned leader stops its heartbeats so that the others elect
+//! another, and a poisoned follower neither campaigns nor accepts CAMPAIGN (node.rs). A snapshot
+//! install replaces the whole state and clears the poison.
 
 use crate::apply::ApplierHandle;
 use crate::raft::applied::AppliedStore;
@@ -227,7 +232,19 @@ impl SmShared {
             tracing::error!("replicated: node {} stops accepting writes: {why}", self.node_id);
             crate::ffi::sqlite_log(libsqlite3_sys::SQLITE_IOERR, &format!("replicated: {why}"));
             *p = Some(why);
+            self.service.poisoned.store(true, Ordering::Release);
         }
+    }
+
+    /// A snapshot install replaced the whole state: the node applies again.
+    fn clear_poison(&self) {
+        let mut p = self.poisoned.lock();
+        *p = None;
+        self.service.poisoned.store(false, Ordering::Release);
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.lock().is_some()
     }
 
     /// Decides what entry `e` does to the state (identically on every node) and returns the
@@ -336,8 +353,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.0.wait_for_majority_applied(&e).await;
             let (resp, job) = self.0.decide(e);
             if let Some((txn, log_id)) = job {
-                if self.0.poisoned.lock().is_none() {
-                    if let Err(err) = self.0.applier.apply(txn, log_id).await {
+                if !self.0.is_poisoned() {
+                    // Failpoint `apply.own`: applying one of this node's own transactions from
+                    // the log fails (with `sm.claim`, the way to poison a leader in a test).
+                    let own = match txn.last.origin == self.0.node_id {
+                        true => crate::failpoint::hit("apply.own").map_err(|e| e.to_string()),
+                        false => Ok(()),
+                    };
+                    if let Err(err) = match own {
+                        Ok(()) => self.0.applier.apply(txn, log_id).await,
+                        Err(e) => Err(e),
+                    } {
                         self.0
                             .poison(format!("applying log entry {} failed: {err}", log_id.index));
                     }
@@ -408,7 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| io(e.to_string()))?
             .map_err(|e| io(e.to_string()))?;
         crate::failpoint::hit("snapshot.install.after_commit").map_err(|e| io(e.to_string()))?;
-        *self.0.poisoned.lock() = None;
+        self.0.clear_poison();
         Ok(())
     }
 
