@@ -951,5 +951,45 @@ fn geometry(f: &std::fs::File, what: &str) -> Result<(u32, u32), String> {
         return Err(format!("{what} has a bad size ({len} bytes, page size {ps})"));
     }
     let n = u32::try_from(len / u64::from(ps)).map_err(|_| format!("{what} is too large"))?;
+    // The size the header records counts when the header says it is current (the change counter
+    // at 24 equals the version-valid-for number at 92: SQLite's own rule). A file cut short at a
+    // page boundary would otherwise pass for a smaller database.
+    let be = |at: usize| u32::from_be_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
+    let recorded = be(28);
+    if recorded != 0 && be(24) == be(92) && recorded != n {
+        return Err(format!(
+            "{what} holds {n} pages but its header records {recorded}: it is incomplete or damaged"
+        ));
+    }
     Ok((n, ps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::geometry;
+    use std::io::Write;
+
+    /// A database image of `pages` pages of 4096 bytes whose header records `recorded` pages.
+    fn image(pages: u32, recorded: u32, counter: u32, valid_for: u32) -> std::fs::File {
+        let mut page1 = vec![0u8; 4096];
+        page1[..16].copy_from_slice(b"SQLite format 3\0");
+        page1[16..18].copy_from_slice(&4096u16.to_be_bytes());
+        page1[24..28].copy_from_slice(&counter.to_be_bytes());
+        page1[28..32].copy_from_slice(&recorded.to_be_bytes());
+        page1[92..96].copy_from_slice(&valid_for.to_be_bytes());
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&page1).unwrap();
+        f.write_all(&vec![0u8; 4096 * (pages as usize - 1)]).unwrap();
+        f
+    }
+
+    #[test]
+    fn an_image_shorter_than_its_header_records_is_refused() {
+        assert_eq!(geometry(&image(3, 3, 7, 7), "image").unwrap(), (3, 4096));
+        let cut = geometry(&image(2, 3, 7, 7), "image").unwrap_err();
+        assert!(cut.contains("holds 2 pages but its header records 3"), "{cut}");
+        // A recorded size that is not current (or absent) does not count, as in SQLite.
+        assert_eq!(geometry(&image(2, 3, 7, 6), "image").unwrap(), (2, 4096));
+        assert_eq!(geometry(&image(2, 0, 7, 7), "image").unwrap(), (2, 4096));
+    }
 }

@@ -722,6 +722,8 @@ def test_lagging_follower_receives_a_snapshot(cluster):
     c.sync_all(timeout_ms=30000)
     assert lagger.one("select count(*) from t") == rows
     assert lagger.status()["snapshot_index"] is not None, "caught up from the log, not a snapshot"
+    left = sorted(p.name for p in (lagger.db.parent / "app.db-raft" / "snapshots").iterdir())
+    assert len(left) == 2 and all(p.startswith("snap-") for p in left), left  # no received file left
     reader.stdin.write("select count(*) from t; commit; select count(*) from t; pragma integrity_check; select 'END';\n")
     reader.stdin.flush()
     after = [reader.stdout.readline().strip() for _ in range(4)]

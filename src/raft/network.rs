@@ -697,10 +697,13 @@ impl RaftService {
                     phase: "installing",
                     updated: std::time::Instant::now(),
                 };
+                // From here on no chunk can write the file (snapshot.rs, claim_incoming).
+                let path =
+                    crate::raft::snapshot::claim_incoming(&path).map_err(|e| format!("snapshot {}: {e}", d.id))?;
                 self.receiving.lock().insert(from, t);
                 let snap = openraft::Snapshot {
                     meta: d.meta,
-                    snapshot: Box::new(crate::raft::snapshot::SnapshotFile { path }),
+                    snapshot: Box::new(crate::raft::snapshot::SnapshotFile { path: path.clone() }),
                 };
                 let r = raft
                     .install_full_snapshot(d.vote, snap)
@@ -708,10 +711,11 @@ impl RaftService {
                     .map_err(|e| e.to_string());
                 if r.is_ok() {
                     self.contact.heard();
-                } else if let Ok(path) = crate::raft::snapshot::incoming(data, &d.id) {
-                    // Not installed (refused, or failed): the sender starts a transfer again.
-                    let _ = std::fs::remove_file(path);
                 }
+                // An installed image was renamed to a snapshot; one still here was not installed
+                // (refused, failed, or not newer than this node's state): nothing needs it, and a
+                // sender that still has to send it starts a transfer again.
+                let _ = std::fs::remove_file(&path);
                 self.receiving.lock().remove(&from);
                 encode(&r)
             }

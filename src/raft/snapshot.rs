@@ -5,12 +5,20 @@
 //!                                             file is page i of the database, nPage pages
 //! <data>/snapshots/snap-<index>-<term>.json   openraft's SnapshotMeta, plus `last_txn`
 //! <data>/snapshots/incoming-<id>              a snapshot being received
+//! <data>/snapshots/installing-<id>-<random>   a received snapshot being installed
 //! ```
 //! Receiving: chunks come in order, each written where the previous one ended (`write_chunk`
 //! refuses a gap, so a file removed under a live transfer fails that transfer, which the leader
 //! starts again, instead of installing a hole). A transfer that the sender gave up (leader change,
 //! timeout) leaves its file: the start of the next transfer removes files no chunk has touched for
 //! STALE_INCOMING (`remove_stale_incoming`), and a failed install removes its own.
+//! Installing: SNAPSHOT_DONE first renames the received file to a name of its own
+//! (`claim_incoming`), which no chunk and no clean-up ever touches. A sender that gave up waiting
+//! for the install (its replication restarted, or a new leader holds a snapshot with the same
+//! id) starts a transfer of the same id again, and its first chunk truncates `incoming-<id>`: that
+//! must never be the file being installed (a truncated image cut at a page boundary reads as a
+//! smaller, valid-looking database). The install also checks the image's length against the
+//! size its header records (`apply.rs`).
 //! Building: on the apply thread, between applies and under WAL_WRITE_LOCK, note what is
 //! published (log id, last transaction) and open a read transaction on a connection of its own;
 //! release the lock. The copy then runs on a thread of its own while applies go on (they only add
@@ -127,8 +135,9 @@ pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBu
 }
 
 /// Removes what a crash left behind in `snapshots/`: partial copies (`building-*`), partial
-/// transfers (`incoming-*`) and unrenamed metadata (`*.json.tmp`). Called at start, before anything
-/// builds or receives a snapshot. Returns how many files it removed.
+/// transfers (`incoming-*`), installs that did not finish (`installing-*`) and unrenamed metadata
+/// (`*.json.tmp`). Called at start, before anything builds or receives a snapshot. Returns how
+/// many files it removed.
 pub fn remove_leftovers(data: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir(data)) else {
         return 0;
@@ -137,7 +146,10 @@ pub fn remove_leftovers(data: &Path) -> usize {
     for e in entries.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let partial = name.starts_with("building-") || name.starts_with("incoming-") || name.ends_with(".json.tmp");
+        let partial = ["building-", "incoming-", "installing-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name.ends_with(".json.tmp");
         if partial && std::fs::remove_file(&p).is_ok() {
             removed += 1;
         }
@@ -222,6 +234,20 @@ pub fn remove_stale_incoming(data: &Path, keep: &Path, idle: std::time::Duration
         }
     }
     removed
+}
+
+/// Takes the completely received snapshot `incoming` for installing: renames it to a name of its
+/// own, so a transfer of the same id starting again cannot write it (see the module comment).
+pub fn claim_incoming(incoming: &Path) -> io::Result<PathBuf> {
+    let name = incoming
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("incoming-"))
+        .ok_or_else(|| io::Error::other(format!("not a received snapshot: {}", incoming.display())))?;
+    let unique = u64::from_le_bytes(crate::reconcile::random_salt());
+    let to = incoming.with_file_name(format!("installing-{name}-{unique:016x}"));
+    std::fs::rename(incoming, &to)?;
+    Ok(to)
 }
 
 pub fn incoming(data: &Path, id: &str) -> io::Result<PathBuf> {
@@ -357,6 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_snapshot_is_out_of_reach_of_a_transfer_starting_again() {
+        let d = tempfile::tempdir().unwrap();
+        let received = incoming(d.path(), "9-1-9").unwrap();
+        write_chunk(&received, 0, b"abcd").unwrap();
+        write_chunk(&received, 4, b"efgh").unwrap();
+        let installing = claim_incoming(&received).unwrap();
+        assert!(!received.exists());
+        // The sender starts the same snapshot again while the install runs, and a transfer of
+        // another id cleans up long after this one's last chunk.
+        write_chunk(&incoming(d.path(), "9-1-9").unwrap(), 0, b"A").unwrap();
+        File::options()
+            .write(true)
+            .open(&installing)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+        let other = incoming(d.path(), "other").unwrap();
+        write_chunk(&other, 0, b"x").unwrap();
+        assert!(remove_stale_incoming(d.path(), &other, STALE_INCOMING).is_empty());
+        assert_eq!(std::fs::read(&installing).unwrap(), b"abcdefgh");
+        let again = claim_incoming(&received).unwrap();
+        assert_ne!(again, installing, "each claim has a name of its own");
+        assert!(claim_incoming(&installing).is_err(), "only received files are claimed");
+    }
+
+    #[test]
     fn leftovers_are_removed_and_snapshots_kept() {
         let d = tempfile::tempdir().unwrap();
         let sd = dir(d.path());
@@ -364,6 +416,7 @@ mod tests {
         let names = [
             "building-12",
             "incoming-local-7",
+            "installing-9-1-9-00000000000000ff",
             "snap-00000000000000000009-1.json.tmp",
         ];
         for n in names
@@ -372,7 +425,7 @@ mod tests {
         {
             std::fs::write(sd.join(n), b"x").unwrap();
         }
-        assert_eq!(remove_leftovers(d.path()), 3);
+        assert_eq!(remove_leftovers(d.path()), 4);
         let mut left: Vec<String> = std::fs::read_dir(&sd)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
