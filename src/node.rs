@@ -682,7 +682,28 @@ impl Database {
         let importing = import_marker.exists();
         let listen = resolve_listen(&cfg)?;
         let initial: Vec<NodeId> = cfg.peers.iter().flatten().map(|p| p.id).collect();
-        let rec = reconcile::reconcile(&path, &log, &store, loaded, cfg.node, &initial, &cfg.data)?;
+        // From here until the files agree with the log, other processes' readers are kept out
+        // (reconcile.rs, ReaderLock); the lock goes before anything in this process reads.
+        let mut readers_out = reconcile::ReaderLock::take(&path).map_err(|e| match e {
+            None => format!(
+                "replicated: {} is open in another process (pid {}); a node starts only when no other \
+                 process has its database open (close readers, then open again)",
+                path.display(),
+                other_process_with_db_open(&path).map_or("unknown".into(), |p| p.to_string())
+            ),
+            Some(e) => format!("replicated: locking {}: {e}", path.display()),
+        })?;
+        let rec = reconcile::reconcile(
+            &path,
+            &log,
+            &store,
+            loaded,
+            cfg.node,
+            &initial,
+            &cfg.data,
+            &mut readers_out,
+        )?;
+        drop(readers_out);
         if rec.replayed > 0 {
             tracing::info!(
                 "replicated: replayed {} transaction(s) from the Raft log into {}",

@@ -3,8 +3,8 @@
 //! The Raft log is the source of truth (DESIGN §4). What may be in the `-wal` file after a crash:
 //! frames of transactions that were committed and published (good), frames of a leader transaction
 //! that was waiting for its quorum (must never be shown: SQLite's recovery *would* resurrect them,
-//! their salts and checksums being valid), and a torn tail. So, with no SQLite connection open and
-//! the node's data directory locked:
+//! their salts and checksums being valid), and a torn tail. So, with no SQLite connection open, the
+//! node's data directory locked, and other processes' readers locked out (`ReaderLock`):
 //!
 //! 1. Scan the WAL as recovery would. Find the newest applied-state record whose salts, commit
 //!    frame and checksum match a valid commit frame. Cut the WAL right after that frame (and drop
@@ -66,6 +66,73 @@ pub fn random_salt() -> [u8; 8] {
         s.copy_from_slice(&(t as u64 ^ std::process::id() as u64).to_le_bytes());
     }
     s
+}
+
+/// Keeps other processes' SQLite connections out of the database while reconciliation rewrites
+/// its WAL: the write lock SQLite's EXCLUSIVE lock takes on the SHARED range of the database
+/// file. Every SQLite reader first takes a read lock there, so a `sqlite3 -readonly` opening the
+/// database meanwhile gets SQLITE_BUSY (or waits, with a busy timeout) instead of recovering the
+/// WAL before it is cut and showing a transaction Raft never committed.
+///
+/// It is an open-file-description lock (F_OFD_SETLK): SQLite's own POSIX locks in other processes
+/// conflict with it, but unlike a POSIX lock it is not dropped when this process closes some
+/// other descriptor of the file (the start path opens and closes the database file several
+/// times). It would conflict with this process's own SQLite locks too: it is released before any
+/// connection of this process reads the database, and is never taken while one may hold a lock.
+pub struct ReaderLock {
+    file: File,
+}
+
+/// SQLite's lock bytes (os_unix.c): a reader holds a read lock on one byte of this range.
+const SHARED_FIRST: i64 = 0x4000_0000 + 2;
+const SHARED_SIZE: i64 = 510;
+
+impl ReaderLock {
+    /// Takes the lock on `db`; Err(None) when a process holds SQLite locks on it (it has the
+    /// database open), Err(Some) on an I/O error.
+    pub fn take(db: &Path) -> Result<ReaderLock, Option<io::Error>> {
+        let file = OpenOptions::new().read(true).write(true).open(db).map_err(Some)?;
+        match Self::ofd(&file, libc::F_WRLCK) {
+            Ok(()) => Ok(ReaderLock { file }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Err(None),
+            Err(e) => Err(Some(e)),
+        }
+    }
+
+    /// The database file is about to be replaced by `new` (renamed over it): lock `new` first,
+    /// so no reader gets in between.
+    pub fn move_to(&mut self, new: &Path) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).write(true).open(new)?;
+        Self::ofd(&file, libc::F_WRLCK)?;
+        let old = std::mem::replace(&mut self.file, file);
+        let _ = Self::ofd(&old, libc::F_UNLCK);
+        Ok(())
+    }
+
+    fn ofd(f: &File, kind: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_OFD_SETLK on a descriptor we own, with a zero-initialised struct flock
+        // (OFD locks require l_pid == 0).
+        let rc = unsafe {
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = kind as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            fl.l_start = SHARED_FIRST;
+            fl.l_len = SHARED_SIZE;
+            libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl Drop for ReaderLock {
+    fn drop(&mut self) {
+        let _ = Self::ofd(&self.file, libc::F_UNLCK);
+    }
 }
 
 /// Appends transactions to a WAL file directly (used only while no connection has it open).
@@ -174,6 +241,7 @@ pub fn is_sole_voter(m: &StoredMembership<NodeId, BasicNode>, me: NodeId) -> boo
 
 /// Runs steps 1–3 of the module comment. `initial` is the membership to assume when none was
 /// ever applied (from the `peers` configuration).
+#[allow(clippy::too_many_arguments)] // each is a separate piece of the node's state at start
 pub fn reconcile(
     db_path: &Path,
     log: &LogStore,
@@ -182,6 +250,7 @@ pub fn reconcile(
     me: NodeId,
     initial_voters: &[NodeId],
     data: &Path,
+    readers_out: &mut ReaderLock,
 ) -> Result<Reconciled, String> {
     let wal_path = sibling(db_path, "-wal");
     let err = |what: &str, e: io::Error| format!("replicated: reconciling {}: {what}: {e}", db_path.display());
@@ -276,7 +345,8 @@ pub fn reconcile(
                 db_path.display()
             ));
         };
-        crate::raft::snapshot::restore_db_file(&image, db_path).map_err(|e| err("restoring the snapshot", e))?;
+        crate::raft::snapshot::restore_db_file(&image, db_path, |tmp| readers_out.move_to(tmp))
+            .map_err(|e| err("restoring the snapshot", e))?;
         remove_if_exists(&wal_path).map_err(|e| err("deleting the WAL", e))?;
         remove_if_exists(&sibling(db_path, "-shm")).map_err(|e| err("deleting -shm", e))?;
         store.keep_first(0).map_err(|e| err("trimming records", e))?;

@@ -184,6 +184,32 @@ def test_crash_during_reconcile(tmp_path, point):
     assert read_state(uri) == {1, 2, 3}
 
 
+@pytest.mark.parametrize("point", ["reconcile.after_cut", "reconcile.replay_entry"])
+def test_readers_of_other_processes_wait_while_the_node_reconciles(tmp_path, point):
+    """While a starting node rewrites its WAL, a plain `sqlite3 -readonly` opening the database
+    gets SQLITE_BUSY: before, it read the WAL halfway through reconciliation and built a wal-index
+    that reconciliation then deleted under it (a reader left on a stale wal-index)."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
+    for i in (2, 3):  # committed but not recorded: the restart replays them
+        run_shell(shell_prelude(uri) + f"insert into acked values({i},'b');\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": "commit.after_quorum=crash"})
+    starting = subprocess.Popen(["sqlite3", "-batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+                                env={**os.environ, "REPLICATED_FAILPOINTS": f"{point}=pause"})
+    try:
+        starting.stdin.write(shell_prelude(uri) + "select count(*) from acked;\n")
+        starting.stdin.flush()
+        assert f"failpoint {point}: pause" in starting.stderr.readline()
+        plain = subprocess.run(["sqlite3", "-readonly", str(tmp_path / "app.db"), "select count(*) from acked;"],
+                               capture_output=True, text=True, timeout=30)
+        assert plain.returncode != 0 and "locked" in plain.stderr, plain.stdout + plain.stderr
+    finally:
+        os.killpg(starting.pid, signal.SIGKILL)
+        starting.wait()
+    assert read_state(uri) == {1, 2, 3}
+
+
 def test_failed_commit_is_rolled_back_and_connection_stays_usable(tmp_path):
     uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
     script = (f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\n"

@@ -322,10 +322,12 @@ pub fn copy_image(db: &Path, wal: &Path, mx_frame: u32, n_page: u32, page_size: 
 const SYNC_EVERY: usize = 1 << 20;
 
 /// Restart path: replace the database file with a snapshot image (no connection has it open).
-pub fn restore_db_file(image: &Path, db: &Path) -> io::Result<()> {
+/// `before_rename` runs on the complete copy just before it becomes the database file.
+pub fn restore_db_file(image: &Path, db: &Path, before_rename: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
     let tmp = crate::reconcile::sibling(db, "-restore");
     std::fs::copy(image, &tmp)?;
     File::open(&tmp)?.sync_all()?;
+    before_rename(&tmp)?;
     std::fs::rename(&tmp, db)?;
     if let Some(d) = db.parent() {
         let d = if d.as_os_str().is_empty() { Path::new(".") } else { d };
