@@ -814,6 +814,7 @@ impl Conn {
         let rec = Record {
             index: log_id.index,
             term: log_id.leader_id.term,
+            leader: log_id.leader_id.node_id,
             salt: wal_hdr.salt,
             commit_frame: new_mx as u64,
             cksum: running,

@@ -737,7 +737,8 @@ impl Database {
             if let Some(e) = installs.install_failed.lock().clone() {
                 return Err(e);
             }
-            let snap = crate::raft::snapshot::latest(&snapshots).and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index));
+            let snap = crate::raft::snapshot::latest_durable(&snapshots)
+                .and_then(|(_, m)| m.meta.last_log_id.map(|l| l.index));
             Ok(snap.max(durable_at_start))
         }));
         let net_cfg = crate::net::NetConfig {
@@ -1293,6 +1294,7 @@ impl Database {
         let rec = Record {
             index,
             term,
+            leader: log_id.leader_id.node_id,
             salt: cap.pos.salt,
             commit_frame: cap.pos.commit_frame,
             cksum: cap.pos.commit_cksum,

@@ -284,7 +284,7 @@ pub fn reconcile(
                 .map_err(|e| err("opening the WAL", e))?;
             (
                 Some(openraft::LogId::new(
-                    openraft::CommittedLeaderId::new(r.term, 0),
+                    openraft::CommittedLeaderId::new(r.term, r.leader),
                     r.index,
                 )),
                 if r.last_txn == 0 { r.index } else { r.last_txn },
@@ -303,17 +303,28 @@ pub fn reconcile(
     remove_if_exists(&sibling(db_path, "-shm")).map_err(|e| err("deleting -shm", e))?;
 
     // The applied log id must carry the real leader id (openraft does not order log ids of one
-    // term with different leaders): take it from the log, or from the snapshot that ends there.
+    // term with different leaders; a wrong one kept the commit index from advancing until the
+    // next election): take it from the log, or from the snapshot or purge point that ends there,
+    // else the record's own (records of earlier versions, and markers, lack it).
     let newest_snapshot = crate::raft::snapshot::latest(data);
     if let Some(a) = applied {
-        if let Some(e) = log.entries_sync(a.index, a.index).ok().and_then(|mut es| es.pop()) {
-            applied = Some(e.log_id);
-        } else if let Some(l) = newest_snapshot
-            .as_ref()
-            .and_then(|(_, s)| s.meta.last_log_id)
-            .filter(|l| l.index == a.index)
-        {
+        let snapshot_at = newest_snapshot.as_ref().and_then(|(_, s)| s.meta.last_log_id);
+        let known = log
+            .entries_sync(a.index, a.index)
+            .ok()
+            .and_then(|mut es| es.pop())
+            .map(|e| e.log_id)
+            .or(snapshot_at.filter(|l| l.index == a.index))
+            .or(log.purged_sync().filter(|l| l.index == a.index));
+        if let Some(l) = known {
             applied = Some(l);
+        } else if a.leader_id.node_id == 0 {
+            tracing::warn!(
+                "replicated: the leader of applied entry {} (term {}) is unknown; the commit index may wait \
+                 for the next election",
+                a.index,
+                a.leader_id.term
+            );
         }
     }
 
@@ -442,6 +453,7 @@ pub fn reconcile(
                                     .append(&Record {
                                         index: e.log_id.index,
                                         term: e.log_id.leader_id.term,
+                                        leader: e.log_id.leader_id.node_id,
                                         salt,
                                         commit_frame: frame,
                                         cksum,

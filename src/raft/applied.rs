@@ -5,8 +5,9 @@
 //! applied       append-only 64-byte records, one per transaction entry applied in the current WAL
 //!               generation: magic "RPLR", raft index u64, term u64, WAL salts [8], commit frame
 //!               number u64, commit frame checksum 2×u32, db size u32, last transaction index
-//!               u64 (equal to the raft index except for an installed snapshot), 4 bytes zero,
-//!               crc32 u32 (little-endian, crc over the first 60 bytes).
+//!               u64 (equal to the raft index except for an installed snapshot), the leader
+//!               node id of the entry's log id u32 (0: unknown, as written by earlier versions,
+//!               or an id above u32::MAX), crc32 u32 (little-endian, crc over the first 60 bytes).
 //! checkpointed  the marker M: the last transaction index (and the applied log id at that time)
 //!               whose state is entirely in the database file (JSON), replaced atomically.
 //! membership    the last applied membership (JSON), replaced atomically.
@@ -38,6 +39,9 @@ const MAGIC: &[u8; 4] = b"RPLR";
 pub struct Record {
     pub index: u64,
     pub term: u64,
+    /// The leader node id of the entry's log id (openraft orders log ids by term *and* leader):
+    /// a restart names the applied entry exactly even when the log no longer holds it. 0: unknown.
+    pub leader: NodeId,
     pub salt: [u8; 8],
     pub commit_frame: u64,
     pub cksum: (u32, u32),
@@ -58,6 +62,7 @@ impl Record {
         b[40..44].copy_from_slice(&self.cksum.1.to_le_bytes());
         b[44..48].copy_from_slice(&self.db_size.to_le_bytes());
         b[48..56].copy_from_slice(&self.last_txn.to_le_bytes());
+        b[56..60].copy_from_slice(&u32::try_from(self.leader).unwrap_or(0).to_le_bytes());
         let crc = crc32fast::hash(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -81,6 +86,7 @@ impl Record {
         Some(Record {
             index: u64_at(4),
             term: u64_at(12),
+            leader: NodeId::from(u32_at(56)),
             salt,
             commit_frame: u64_at(28),
             cksum: (u32_at(36), u32_at(40)),
@@ -212,12 +218,24 @@ mod tests {
         Record {
             index: i,
             term: 2,
+            leader: i % 3,
             salt: [i as u8; 8],
             commit_frame: i * 3,
             cksum: (7, 9),
             db_size: 5,
             last_txn: i,
         }
+    }
+
+    #[test]
+    fn the_leader_id_is_kept_or_unknown_when_it_does_not_fit() {
+        let r = Record { leader: 7, ..rec(1) };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        let big = Record {
+            leader: NodeId::from(u32::MAX) + 1,
+            ..rec(1)
+        };
+        assert_eq!(Record::decode(&big.encode()).map(|d| d.leader), Some(0));
     }
 
     #[test]

@@ -79,6 +79,16 @@ pub fn last_txn_of(meta: &SnapshotMeta<NodeId, BasicNode>) -> Option<u64> {
     meta.snapshot_id.rsplit('-').next()?.parse().ok()
 }
 
+/// Held by `commit` from its first rename until the directory is synced.
+static COMMITS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// The newest snapshot whose commit is complete and durable: what the log may be purged behind.
+/// (`latest` may see one whose renames are not synced yet.)
+pub fn latest_durable(data: &Path) -> Option<(PathBuf, StoredMeta)> {
+    let _settled = COMMITS.lock();
+    latest(data)
+}
+
 fn sync_dir(d: &Path) -> io::Result<()> {
     File::open(d)?.sync_all()
 }
@@ -86,8 +96,12 @@ fn sync_dir(d: &Path) -> io::Result<()> {
 /// Makes `tmp` (a complete image) the current snapshot with `meta`; removes older ones. A build
 /// and an install may finish in either order (openraft 0.9 runs builds beside the state machine):
 /// when a newer snapshot is already there, `tmp` is removed instead and the newer one stays.
+///
+/// A snapshot counts only once its directory entries are durable: the log may be purged behind
+/// it (`latest_durable`), and after a power loss an un-synced rename would be gone.
 pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBuf> {
-    static COMMITS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    // The image's own fsync may take seconds: before the lock, which `latest_durable` waits for.
+    File::open(tmp)?.sync_all()?;
     let _one_at_a_time = COMMITS.lock();
     let d = dir(data);
     std::fs::create_dir_all(&d)?;
@@ -107,7 +121,6 @@ pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBu
     }
     let base = d.join(stem(&log_id));
     let db = base.with_extension("db");
-    File::open(tmp)?.sync_all()?;
     std::fs::rename(tmp, &db)?;
     let json = serde_json::to_vec(stored).map_err(io::Error::other)?;
     let mtmp = base.with_extension("json.tmp");
