@@ -875,6 +875,13 @@ impl Conn {
         })();
         unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
         let (log_id, last_txn, mx, n_page, page_size) = pinned?; // dropping `snap` ends its transaction
+        let membership = db.membership_at(log_id.index).ok_or_else(|| {
+            format!(
+                "snapshot: the membership at index {} is no longer known (more membership changes than \
+                 the state machine keeps since the last write): the next write allows a snapshot",
+                log_id.index
+            )
+        })?;
         let db_path = PathBuf::from(path);
         let (n_page, page_size) = if mx == 0 && (n_page == 0 || page_size == 0) {
             // SQLite's recovery of an empty WAL leaves the header's size fields zero; readers
@@ -895,7 +902,7 @@ impl Conn {
             stored: StoredMeta {
                 meta: openraft::SnapshotMeta {
                     last_log_id: Some(log_id),
-                    last_membership: db.membership_at(log_id.index),
+                    last_membership: membership,
                     snapshot_id: snapshot::snapshot_id(&log_id, last_txn),
                 },
                 last_txn,

@@ -1869,7 +1869,7 @@ impl Database {
         &self.log
     }
 
-    pub fn membership_at(&self, index: u64) -> openraft::StoredMembership<NodeId, BasicNode> {
+    pub fn membership_at(&self, index: u64) -> Option<openraft::StoredMembership<NodeId, BasicNode>> {
         self.sm.membership_at(index)
     }
 

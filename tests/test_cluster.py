@@ -1275,3 +1275,35 @@ def test_a_leader_that_cannot_apply_steps_down(cluster):
     assert rows[sick.id] == [["x"], ["y"]], rows
     assert all(r == rows[sick.id] for r in rows.values()), rows
     assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_a_snapshot_after_many_membership_changes_keeps_the_membership(cluster):
+    """A snapshot is labelled with the last transaction and carries the membership as of that
+    entry. After more than 16 membership changes without a write, that membership had been
+    forgotten and the snapshot carried an empty one (a node restoring or installing it would
+    know no members)."""
+    import json
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env=SNAP_ENV)  # a snapshot every 30 entries
+    c.write("create table t(id integer primary key, v text)")
+    c.write("insert into t(v) values('x')")
+    c.sync_all()
+    leader = c.leader()
+    n4 = c.add_node(4).start()
+    for _ in range(14):  # 28 membership entries, no transaction
+        leader.one("select replicated_add_node(4, ?, 0)", c.addr(4))
+        leader.one("select replicated_remove_node(4)")
+    n4.kill()
+
+    def snapshots():
+        out = []
+        for p in (leader.db.parent / "app.db-raft" / "snapshots").glob("*.json"):
+            out.append(json.loads(p.read_text()))
+        return out
+
+    wait_until(lambda: snapshots(), 15, "a snapshot")
+    for s in snapshots():
+        voters = s["meta"]["last_membership"]["membership"]["configs"]
+        assert voters and sorted(voters[-1]) == [1, 2, 3], s["meta"]

@@ -215,15 +215,15 @@ impl SmShared {
         }
     }
 
-    /// The newest applied membership whose log id is at or below `index`.
-    pub fn membership_at(&self, index: u64) -> StoredMembership<NodeId, BasicNode> {
+    /// The newest applied membership whose log id is at or below `index`; None when it was
+    /// forgotten (MAX_MEMBERSHIPS).
+    pub fn membership_at(&self, index: u64) -> Option<StoredMembership<NodeId, BasicNode>> {
         let st = self.state.lock();
         st.memberships
             .iter()
             .rev()
             .find(|m| m.log_id().is_none_or(|l| l.index <= index))
             .cloned()
-            .unwrap_or_default()
     }
 
     pub fn poison(&self, why: String) {
@@ -258,7 +258,22 @@ impl SmShared {
                 st.membership = StoredMembership::new(Some(e.log_id), m);
                 let m = st.membership.clone();
                 st.memberships.push(m);
-                if st.memberships.len() > 16 {
+                // A snapshot asks for the membership at a published index, never below the one
+                // published now: only memberships older than the newest at or below it are done
+                // with. (Dropping the oldest beyond a count lost that one after many membership
+                // changes without a write, and the next snapshot carried an empty membership.)
+                let published = self.published.lock().0.map_or(0, |l| l.index);
+                while st
+                    .memberships
+                    .get(1)
+                    .and_then(|m| m.log_id().as_ref())
+                    .is_some_and(|l| l.index <= published)
+                {
+                    st.memberships.remove(0);
+                }
+                if st.memberships.len() > MAX_MEMBERSHIPS {
+                    // Only after thousands of membership changes without one write: the snapshot
+                    // of that write is then refused (membership_at), never built with a guess.
                     st.memberships.remove(0);
                 }
                 if let Err(err) = self.store.save_membership(&st.membership) {
@@ -300,6 +315,10 @@ impl SmShared {
         (resp, job)
     }
 }
+
+/// Memberships kept after the newest one at or below the published index: one per membership
+/// change since the last write. At the bound the oldest goes (see `decide`).
+const MAX_MEMBERSHIPS: usize = 4096;
 
 #[derive(Clone)]
 pub struct StateMachine(pub Arc<SmShared>);
