@@ -106,7 +106,7 @@ pub enum RpcBody {
 /// service's remote error), never a panic. Unknown kinds are refused here too.
 pub fn decode_rpc_body(kind: u8, body: &[u8]) -> Result<RpcBody, String> {
     Ok(match kind {
-        APPEND => RpcBody::Append(decode(body)?),
+        APPEND => RpcBody::Append(well_formed(decode(body)?)?),
         VOTE => RpcBody::Vote(decode(body)?),
         READ_INDEX => RpcBody::ReadIndex,
         APPLIED => RpcBody::Applied(decode(body)?),
@@ -116,6 +116,25 @@ pub fn decode_rpc_body(kind: u8, body: &[u8]) -> Result<RpcBody, String> {
         PRE_VOTE => RpcBody::PreVote(decode(body)?),
         k => return Err(format!("unknown request kind {k}")),
     })
+}
+
+/// An AppendEntries request's entries follow its previous log id one index at a time, their
+/// terms never going down. openraft 0.9 takes that for granted from a leader, and its log store
+/// gives up for good on anything else (the follower's Raft core stops): a peer that sends such a
+/// request, through a bug or with the secret, gets an error and nothing changes.
+fn well_formed(req: AppendEntriesRequest<TypeConfig>) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    let mut prev = req.prev_log_id;
+    for e in &req.entries {
+        let (index, term) = (e.log_id.index, e.log_id.leader_id.term);
+        let expected = prev.map_or(0, |p| p.index + 1);
+        if index != expected || prev.is_some_and(|p| term < p.leader_id.term) {
+            return Err(format!(
+                "malformed AppendEntries: entry {index} (term {term}) after {prev:?}"
+            ));
+        }
+        prev = Some(e.log_id);
+    }
+    Ok(req)
 }
 
 /// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
@@ -796,6 +815,34 @@ mod tests {
         let applied = encode(&7u64).unwrap_or_default();
         assert!(matches!(decode_rpc_body(APPLIED, &applied), Ok(RpcBody::Applied(7))));
         assert!(decode_rpc_body(APPEND, &[]).is_err() && decode_rpc_body(VOTE, &[0xff]).is_err());
+        // AppendEntries whose entries do not follow on from its previous log id are refused.
+        {
+            use openraft::testing::{blank_ent, log_id};
+            let append = |prev: Option<LogId>, ents: &[(u64, u64)]| {
+                let req = AppendEntriesRequest::<TypeConfig> {
+                    vote: Vote::new_committed(3, 1),
+                    prev_log_id: prev,
+                    entries: ents.iter().map(|&(t, i)| blank_ent::<TypeConfig>(t, 1, i)).collect(),
+                    leader_commit: None,
+                };
+                decode_rpc_body(APPEND, &encode(&req).unwrap_or_default())
+            };
+            let p = Some(log_id(2, 1, 4));
+            assert!(matches!(append(p, &[(2, 5), (3, 6)]), Ok(RpcBody::Append(_))));
+            assert!(matches!(append(None, &[(1, 0), (1, 1)]), Ok(RpcBody::Append(_))));
+            assert!(matches!(append(p, &[]), Ok(RpcBody::Append(_))));
+            for bad in [
+                &[(2, 6)][..],
+                &[(2, 5), (2, 7)],
+                &[(2, 5), (2, 5)],
+                &[(1, 5)],
+                &[(3, 5), (2, 6)],
+            ] {
+                let e = append(p, bad).err();
+                assert!(e.is_some_and(|e| e.starts_with("malformed AppendEntries")), "{bad:?}");
+            }
+            assert!(append(None, &[(1, 1)]).is_err());
+        }
         // Out of bounds: past the end (no overflow), beyond the snapshot size limit.
         let past = Chunk {
             offset: u64::MAX,
