@@ -379,6 +379,26 @@ def test_crash_at_capture_and_checkpoint_steps(tmp_path, point):
     assert read_state(uri) == acked | {52, 53}
 
 
+def test_a_checkpoint_whose_records_cannot_be_synced_writes_nothing(tmp_path):
+    """The applied-state records are made durable before a checkpoint copies frames into the
+    database file (what a restart's reconciliation relies on). When that fails, the checkpoint
+    must not write the database file at all; SQLite ignores the answer to the hint, so it went
+    ahead. The data stays whole in the WAL, and the next checkpoint copies it."""
+    import hashlib
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    rows = ";".join(f"insert into acked values({i}, randomblob(500))" for i in range(1, 41))
+    run_shell(shell_prelude(uri) + f"create table acked(id integer primary key, pad); {rows};\n")
+    db = tmp_path / "app.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    more = ";".join(f"insert into acked values({i}, randomblob(500))" for i in range(41, 46))
+    p = run_shell(shell_prelude(uri) + f"{more};\npragma wal_checkpoint(TRUNCATE);\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": "checkpoint.start=error"})
+    assert "I/O error" in p.stderr, p.stdout + p.stderr
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before, "the refused checkpoint wrote the database"
+    assert read_state(uri) == set(range(1, 46))
+    assert hashlib.sha256(db.read_bytes()).hexdigest() != before, "the next checkpoint copies the frames"
+
+
 def test_crash_before_the_log_fsync(tmp_path):
     """A crash after the entry is written to the Raft log but before its fsync: the commit was
     never acknowledged, so either outcome is allowed; but kill -9 keeps the page cache, the entry is

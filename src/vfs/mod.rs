@@ -62,6 +62,10 @@ pub struct MainState {
     real: *mut ffi::sqlite3_file,
     /// Reason for this connection's last replication failure (`replicated_last_error()`).
     pub last_error: Mutex<Option<String>>,
+    /// Why the checkpoint under way must not write the database file: the applied-state records
+    /// that describe its frames could not be made durable (CKPT_START). SQLite ignores the answer
+    /// to that hint, so the checkpoint's first write fails instead, before any page is copied.
+    checkpoint_refused: Option<String>,
 }
 
 #[repr(C)]
@@ -228,6 +232,7 @@ unsafe extern "C" fn v_open(
                 claimed: None,
                 real: (*rf).real,
                 last_error: Mutex::new(None),
+                checkpoint_refused: None,
             }));
         }
         let rc = x_open(os, z_name, (*rf).real, flags, out_flags);
@@ -427,6 +432,9 @@ unsafe extern "C" fn x_write(
                 }
             }
         }
+        if (*rf).kind == Kind::Main && !(*rf).main.is_null() && (*(*rf).main).checkpoint_refused.is_some() {
+            return ffi::SQLITE_IOERR_WRITE; // logged at CKPT_START
+        }
         let rc = forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, n, off);
         if rc != ffi::SQLITE_OK && (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
             // A failed frame write (SQLITE_FULL, say) aborts the transaction: SQLite neither syncs
@@ -562,7 +570,6 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
     guard(ffi::SQLITE_ERROR, || {
         let rf = f as *mut ReplFile;
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
-            let st = &*(*rf).main;
             match op {
                 ffi::SQLITE_FCNTL_PRAGMA => {
                     let az = arg as *mut *mut c_char;
@@ -575,14 +582,17 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                     }
                 }
                 ffi::SQLITE_FCNTL_CKPT_START => {
+                    let st = &mut *(*rf).main;
                     if let Some(db) = &st.db {
                         // The checkpoint is about to copy frames into the database file: make
                         // the applied-state records that describe them durable first.
-                        if let Err(e) = db.on_checkpoint_start() {
-                            sqlite_log(ffi::SQLITE_IOERR, &e);
+                        st.checkpoint_refused = db.on_checkpoint_start().err();
+                        if let Some(e) = &st.checkpoint_refused {
+                            sqlite_log(ffi::SQLITE_IOERR, &format!("{e}: the checkpoint is refused"));
                         }
                     }
                 }
+                ffi::SQLITE_FCNTL_CKPT_DONE => (*(*rf).main).checkpoint_refused = None,
                 _ => {}
             }
         }
