@@ -1490,8 +1490,12 @@ impl Database {
     fn schedule_snapshots(db: &Arc<Database>) -> Result<(), String> {
         let weak = Arc::downgrade(db);
         runtime()?.spawn(async move {
+            // The first check runs at once: a node that starts with its log purged past its newest
+            // snapshot cannot serve a lagging follower until it has one.
+            let mut tick = tokio::time::interval(SNAPSHOT_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(SNAPSHOT_CHECK).await;
+                tick.tick().await;
                 let Some(db) = weak.upgrade() else { return };
                 let since = db.raft.metrics().borrow().snapshot.map(|l| l.index);
                 // A log purged past the newest snapshot (a crash between an install and its
