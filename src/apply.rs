@@ -849,9 +849,26 @@ impl Conn {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let pinned = (|| -> Result<(LogId, u64, u32, u32, u32), String> {
+        type Pin = (
+            LogId,
+            u64,
+            u32,
+            u32,
+            u32,
+            openraft::StoredMembership<crate::raft::types::NodeId, openraft::BasicNode>,
+        );
+        let pinned = (|| -> Result<Pin, String> {
             let (log_id, last_txn) = db.published();
             let log_id = log_id.ok_or("snapshot: nothing applied yet")?;
+            // Asked under the write lock, while what is published cannot move: the state machine
+            // keeps the membership at the published index (state_machine.rs, `decide`).
+            let membership = db.membership_at(log_id.index).ok_or_else(|| {
+                format!(
+                    "snapshot: the membership at index {} is not known here (a membership change applied \
+                     before the start, or thousands since the last write): the next write allows a snapshot",
+                    log_id.index
+                )
+            })?;
             let r0 = unsafe { self.region(0)? };
             let h = unsafe { self.read_hdr(r0) }.ok_or("snapshot: the wal-index header needs recovery")?;
             let b = h[3].to_ne_bytes();
@@ -871,17 +888,10 @@ impl Conn {
                 l if l > 1 => h[4],
                 _ => return Err("snapshot: the pinning read transaction holds no read lock".into()),
             };
-            Ok((log_id, last_txn, mx, h[5], page_size))
+            Ok((log_id, last_txn, mx, h[5], page_size, membership))
         })();
         unsafe { self.shm_lock(0, 1, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE) };
-        let (log_id, last_txn, mx, n_page, page_size) = pinned?; // dropping `snap` ends its transaction
-        let membership = db.membership_at(log_id.index).ok_or_else(|| {
-            format!(
-                "snapshot: the membership at index {} is no longer known (more membership changes than \
-                 the state machine keeps since the last write): the next write allows a snapshot",
-                log_id.index
-            )
-        })?;
+        let (log_id, last_txn, mx, n_page, page_size, membership) = pinned?; // dropping `snap` ends its transaction
         let db_path = PathBuf::from(path);
         let (n_page, page_size) = if mx == 0 && (n_page == 0 || page_size == 0) {
             // SQLite's recovery of an empty WAL leaves the header's size fields zero; readers
@@ -940,7 +950,7 @@ impl Conn {
 /// The page count and page size of a database file read alone (a snapshot image, or the
 /// database when no WAL frame counts): the page size from its header, the count from its length.
 /// An empty file, or one that is not a SQLite database, has no state to copy.
-fn geometry(f: &std::fs::File, what: &str) -> Result<(u32, u32), String> {
+pub(crate) fn geometry(f: &std::fs::File, what: &str) -> Result<(u32, u32), String> {
     use std::os::unix::fs::FileExt;
     let len = f.metadata().map_err(|e| format!("{what}: {e}"))?.len();
     let mut hdr = [0u8; 100];
@@ -959,12 +969,14 @@ fn geometry(f: &std::fs::File, what: &str) -> Result<(u32, u32), String> {
         return Err(format!("{what} has a bad size ({len} bytes, page size {ps})"));
     }
     let n = u32::try_from(len / u64::from(ps)).map_err(|_| format!("{what} is too large"))?;
-    // The size the header records counts when the header says it is current (the change counter
-    // at 24 equals the version-valid-for number at 92: SQLite's own rule). A file cut short at a
-    // page boundary would otherwise pass for a smaller database.
+    // The size the header records, when the header says it is current (the change counter at 24
+    // equals the version-valid-for number at 92), must fit in the file: SQLite's own rule
+    // (lockBtree). A file cut short at a page boundary would otherwise pass for a smaller
+    // database. A file longer than that is legitimate (SQLite ignores the pages past it; an
+    // imported file may have them, and then every snapshot image too).
     let be = |at: usize| u32::from_be_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
     let recorded = be(28);
-    if recorded != 0 && be(24) == be(92) && recorded != n {
+    if recorded != 0 && be(24) == be(92) && recorded > n {
         return Err(format!(
             "{what} holds {n} pages but its header records {recorded}: it is incomplete or damaged"
         ));
@@ -996,6 +1008,8 @@ mod tests {
         assert_eq!(geometry(&image(3, 3, 7, 7), "image").unwrap(), (3, 4096));
         let cut = geometry(&image(2, 3, 7, 7), "image").unwrap_err();
         assert!(cut.contains("holds 2 pages but its header records 3"), "{cut}");
+        // Pages past the recorded size are legitimate (SQLite ignores them).
+        assert_eq!(geometry(&image(4, 3, 7, 7), "image").unwrap(), (4, 4096));
         // A recorded size that is not current (or absent) does not count, as in SQLite.
         assert_eq!(geometry(&image(2, 3, 7, 6), "image").unwrap(), (2, 4096));
         assert_eq!(geometry(&image(2, 0, 7, 7), "image").unwrap(), (2, 4096));

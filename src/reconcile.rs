@@ -80,7 +80,10 @@ pub fn random_salt() -> [u8; 8] {
 /// times). It would conflict with this process's own SQLite locks too: it is released before any
 /// connection of this process reads the database, and is never taken while one may hold a lock.
 pub struct ReaderLock {
-    file: File,
+    /// The database file, and after a restore the file renamed over it too: the replaced one
+    /// stays locked until the end, so a reader that opened the old path before the rename (or
+    /// waits on its lock) cannot get in between and recover the WAL about to be deleted.
+    files: Vec<File>,
 }
 
 /// SQLite's lock bytes (os_unix.c): a reader holds a read lock on one byte of this range.
@@ -93,19 +96,18 @@ impl ReaderLock {
     pub fn take(db: &Path) -> Result<ReaderLock, Option<io::Error>> {
         let file = OpenOptions::new().read(true).write(true).open(db).map_err(Some)?;
         match Self::ofd(&file, libc::F_WRLCK) {
-            Ok(()) => Ok(ReaderLock { file }),
+            Ok(()) => Ok(ReaderLock { files: vec![file] }),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Err(None),
             Err(e) => Err(Some(e)),
         }
     }
 
     /// The database file is about to be replaced by `new` (renamed over it): lock `new` first,
-    /// so no reader gets in between.
+    /// so no reader gets in between; the old file stays locked too.
     pub fn move_to(&mut self, new: &Path) -> io::Result<()> {
         let file = OpenOptions::new().read(true).write(true).open(new)?;
         Self::ofd(&file, libc::F_WRLCK)?;
-        let old = std::mem::replace(&mut self.file, file);
-        let _ = Self::ofd(&old, libc::F_UNLCK);
+        self.files.push(file);
         Ok(())
     }
 
@@ -131,7 +133,9 @@ impl ReaderLock {
 
 impl Drop for ReaderLock {
     fn drop(&mut self) {
-        let _ = Self::ofd(&self.file, libc::F_UNLCK);
+        for f in &self.files {
+            let _ = Self::ofd(f, libc::F_UNLCK);
+        }
     }
 }
 

@@ -126,8 +126,8 @@ fn well_formed(req: AppendEntriesRequest<TypeConfig>) -> Result<AppendEntriesReq
     let mut prev = req.prev_log_id;
     for e in &req.entries {
         let (index, term) = (e.log_id.index, e.log_id.leader_id.term);
-        let expected = prev.map_or(0, |p| p.index + 1);
-        if index != expected || prev.is_some_and(|p| term < p.leader_id.term) {
+        let expected = prev.map_or(Some(0), |p| p.index.checked_add(1));
+        if Some(index) != expected || prev.is_some_and(|p| term < p.leader_id.term) {
             return Err(format!(
                 "malformed AppendEntries: entry {index} (term {term}) after {prev:?}"
             ));
@@ -136,6 +136,9 @@ fn well_formed(req: AppendEntriesRequest<TypeConfig>) -> Result<AppendEntriesReq
     }
     Ok(req)
 }
+
+/// A poisoned node's answer to CAMPAIGN and READ_INDEX (state_machine.rs).
+pub const WILL_NOT_LEAD: &str = "this node cannot apply the log (see replicated_last_error()) and will not lead";
 
 /// Largest AppendEntries payload sent in one RPC when it holds more than one entry. openraft 0.9
 /// gives every AppendEntries `heartbeat_interval` to complete (then backs off for 500 ms), so a
@@ -652,6 +655,12 @@ impl RaftService {
                 encode(&r)
             }
             RpcBody::ReadIndex => {
+                // Confirming leadership sends AppendEntries to every voter, heartbeats or not: a
+                // poisoned leader that answered would renew its followers' leases for as long as
+                // anyone calls replicated_sync(), and never be replaced.
+                if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(WILL_NOT_LEAD.into());
+                }
                 let r = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
                 encode(&r.0.map(|l| l.index).unwrap_or(0))
             }
@@ -719,6 +728,15 @@ impl RaftService {
                 // From here on no chunk can write the file (snapshot.rs, claim_incoming).
                 let path =
                     crate::raft::snapshot::claim_incoming(&path).map_err(|e| format!("snapshot {}: {e}", d.id))?;
+                // openraft 0.9 stops the Raft core when an install fails: an image that is not a
+                // whole database is refused here instead, and the sender starts again.
+                if let Err(e) = std::fs::File::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| crate::apply::geometry(&f, "the received snapshot image"))
+                {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(format!("snapshot {}: {e}", d.id));
+                }
                 self.receiving.lock().insert(from, t);
                 let snap = openraft::Snapshot {
                     meta: d.meta,
@@ -745,9 +763,7 @@ impl RaftService {
                 // and one whose timer fires meanwhile would otherwise win this node's grant and
                 // campaign against it (seen: "node 2 did not take over (leader is Some(3))").
                 if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
-                    return Err(
-                        "this node cannot apply the log (see replicated_last_error()) and will not lead".into(),
-                    );
+                    return Err(WILL_NOT_LEAD.into());
                 }
                 self.contact.heard();
                 self.contact.campaigned();
@@ -842,6 +858,10 @@ mod tests {
                 assert!(e.is_some_and(|e| e.starts_with("malformed AppendEntries")), "{bad:?}");
             }
             assert!(append(None, &[(1, 1)]).is_err());
+            assert!(
+                append(Some(log_id(2, 1, u64::MAX)), &[(2, 0)]).is_err(),
+                "no wrap-around"
+            );
         }
         // Out of bounds: past the end (no overflow), beyond the snapshot size limit.
         let past = Chunk {

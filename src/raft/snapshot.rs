@@ -83,10 +83,12 @@ pub fn last_txn_of(meta: &SnapshotMeta<NodeId, BasicNode>) -> Option<u64> {
 static COMMITS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// The newest snapshot whose commit is complete and durable: what the log may be purged behind.
-/// (`latest` may see one whose renames are not synced yet.)
-pub fn latest_durable(data: &Path) -> Option<(PathBuf, StoredMeta)> {
-    let _settled = COMMITS.lock();
-    latest(data)
+/// (`latest` may see one whose renames are not synced yet.) None while a commit is under way: the
+/// caller, openraft's purge on the runtime thread that carries every database's traffic, must
+/// not wait for its fsyncs; it asks again.
+pub fn latest_durable(data: &Path) -> Option<Option<(PathBuf, StoredMeta)>> {
+    let _settled = COMMITS.try_lock()?;
+    Some(latest(data))
 }
 
 fn sync_dir(d: &Path) -> io::Result<()> {
@@ -131,7 +133,9 @@ pub fn commit(data: &Path, tmp: &Path, stored: &StoredMeta) -> io::Result<PathBu
     }
     std::fs::rename(&mtmp, base.with_extension("json"))?;
     sync_dir(&d)?;
-    // Older snapshots are no longer needed.
+    drop(_one_at_a_time);
+    // Older snapshots are no longer needed (a later commit removes only snapshots older than its
+    // own, so this never removes one newer than ours).
     for e in std::fs::read_dir(&d)?.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
