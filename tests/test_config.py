@@ -98,6 +98,13 @@ def test_secret_file(tmp_path):
     ("PRAGMA synchronous=NORMAL;", "synchronous"),
     ("PRAGMA synchronous=OFF;", "synchronous"),
     ("PRAGMA synchronous=1;", "synchronous"),
+    # Other spellings SQLite reads as NORMAL or OFF (pragma.c getSafetyLevel): a commit at such a
+    # level is never synced, so it would be published without passing through Raft.
+    ("PRAGMA synchronous=on;", "synchronous"),
+    ("PRAGMA synchronous=yes;", "synchronous"),
+    ("PRAGMA synchronous=9;", "synchronous"),
+    ("PRAGMA synchronous=no;", "synchronous"),
+    ("PRAGMA synchronous=7;", "synchronous"),
 ])
 def test_refused_pragmas(tmp_path, pragma, word):
     port = free_port()

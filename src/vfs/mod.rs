@@ -559,10 +559,47 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
         "locking_mode" if v == "exclusive" => {
             Some("replicated: locking_mode=EXCLUSIVE refused: followers must be able to apply".into())
         }
-        "synchronous" if matches!(v.as_str(), "0" | "off" | "1" | "normal") => Some(format!(
+        "synchronous" if synchronous_level(&v) < 3 => Some(format!(
             "replicated: synchronous={v} refused: the commit hook needs synchronous=FULL (or EXTRA)"
         )),
         _ => None,
+    }
+}
+
+/// The level SQLite's `PRAGMA synchronous=v` sets (pragma.c: `getSafetyLevel`, then
+/// `(level + 1) & 7` with 0 meaning OFF): 1 OFF, 2 NORMAL, 3 FULL, 4 EXTRA; 5-7 sync the WAL at
+/// commit like FULL. Below 3 a WAL commit is never synced, so it would never reach the commit hook
+/// (capture) and would be published without Raft: every spelling of such a level is refused, not
+/// only the four usual ones (`on`, `yes`, `9`, an unknown word all mean NORMAL; `no`, `7` OFF).
+fn synchronous_level(v: &str) -> u8 {
+    let base: u8 = if v.starts_with(|c: char| c.is_ascii_digit()) {
+        // sqlite3Atoi: leading zeros skipped, digits up to the first non-digit, more than 10 of
+        // them or above i32::MAX give 0; then truncated to u8.
+        let digits: String = v
+            .trim_start_matches('0')
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let n = match digits.len() {
+            0..=10 => digits
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= i32::MAX as u64)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        n as u8
+    } else {
+        match v.to_ascii_lowercase().as_str() {
+            "no" | "off" | "false" => 0,
+            "full" => 2,
+            "extra" => 3,
+            _ => 1, // "on", "yes", "true", and any other word
+        }
+    };
+    match base.wrapping_add(1) & 7 {
+        0 => 1,
+        level => level,
     }
 }
 
@@ -716,10 +753,33 @@ mod tests {
         assert!(refused_pragma("journal_mode", None).is_none(), "a query is fine");
         assert!(refused_pragma("locking_mode", Some("EXCLUSIVE")).is_some());
         assert!(refused_pragma("locking_mode", Some("normal")).is_none());
-        for v in ["0", "off", "1", "NORMAL"] {
+        // Every spelling SQLite reads as OFF or NORMAL (pragma.c getSafetyLevel).
+        for v in [
+            "0",
+            "off",
+            "1",
+            "NORMAL",
+            "on",
+            "yes",
+            "true",
+            "no",
+            "false",
+            "01",
+            "-1",
+            "7",
+            "8",
+            "9",
+            "15",
+            "256",
+            "257",
+            "",
+            "fast",
+            "99999999999",
+            "2147483648",
+        ] {
             assert!(refused_pragma("synchronous", Some(v)).is_some(), "{v}");
         }
-        for v in ["2", "full", "3", "extra"] {
+        for v in ["2", "full", "FULL", "3", "extra", "002", "4", "5", "6", "258", "2x"] {
             assert!(refused_pragma("synchronous", Some(v)).is_none(), "{v}");
         }
         assert!(refused_pragma("cache_size", Some("10")).is_none());
