@@ -65,7 +65,10 @@
 //!   a response whole before it is returned; quinn grows its buffer with the bytes actually
 //!   received, never from the announced length. An authenticated peer can thus make a node hold
 //!   up to `MAX_STREAMS` bodies per connection; members are trusted not to (they could as well
-//!   disrupt Raft). Unauthenticated peers get no stream before the hello.
+//!   disrupt Raft). Until its hello is verified a connection may open one stream (the hello's,
+//!   at most `HELLO_MAX` read), and quinn buffers at most one stream window for it (it buffers
+//!   data of streams not yet accepted too); every connection's unread data is bounded by
+//!   [`RECEIVE_WINDOW`]. No datagrams are accepted.
 //! * Warnings about refusals: at most one line per remote address per second (the counter counts
 //!   them all). The rate limiter forgets addresses after a second and holds at most 4096.
 //! * Unknown packets: garbage datagrams are dropped by quinn. A short-header packet for an unknown
@@ -102,6 +105,10 @@ pub type NodeId = u64;
 pub const MAX_STREAMS: u32 = 256;
 /// Concurrent inbound connections (handshaking or established).
 pub const MAX_INBOUND: usize = 256;
+/// Bytes a peer may have in flight to this node on one connection, all streams together (quinn's
+/// flow control; each stream also has quinn's default window of 1.25 MB). Ample for the largest
+/// messages here (a 4 MiB AppendEntries batch, 1 MiB snapshot chunks), which read as they come.
+pub const RECEIVE_WINDOW: u32 = 64 << 20;
 /// With at least this many inbound slots taken, a connection attempt must first prove its source
 /// address (a QUIC Retry) before it gets one.
 pub const VALIDATE_ABOVE: usize = MAX_INBOUND / 2;
@@ -387,7 +394,11 @@ impl Transport {
                 .mtu_discovery_config(Some(mtu))
                 .max_idle_timeout(Some(idle))
                 .max_concurrent_bidi_streams(quinn::VarInt::from_u32(bidi))
-                .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+                .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+                // quinn buffers what a peer sends on a stream whether or not it was accepted:
+                // bound the whole connection (its default is unbounded), and take no datagrams.
+                .receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW))
+                .datagram_receive_buffer_size(None);
             // Fewer ACK-only packets (ACK_THRESHOLD). quinn asks it of a peer only if the peer
             // announced the extension, so an older peer is simply acknowledged as before.
             let mut ack = quinn::AckFrequencyConfig::default();
@@ -395,10 +406,9 @@ impl Transport {
             t.ack_frequency_config(Some(ack));
             Arc::new(t)
         };
+        // One stream, the hello's, until the peer is authenticated (serve_connection raises it).
         let mut server_config = quinn::ServerConfig::with_crypto(setup.server);
-        server_config
-            .transport_config(transport(MAX_STREAMS))
-            .max_incoming(MAX_INBOUND);
+        server_config.transport_config(transport(1)).max_incoming(MAX_INBOUND);
         let mut client_config = quinn::ClientConfig::new(setup.client);
         client_config.transport_config(transport(0));
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(setup.reset_key));
@@ -776,6 +786,7 @@ async fn serve_connection(s: Arc<Shared>, incoming: quinn::Incoming, remote: Soc
         }
     };
     debug!(node = s.node_id, peer, remote = %remote, "replicated: peer authenticated");
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -1370,12 +1381,27 @@ mod tests {
     async fn hello_rules_on_the_accepting_side() {
         let b = node(2, secret(S));
         let to = b.local_addr();
+        // Before its hello a connection gets one stream (the hello's) and no datagrams: an
+        // unauthenticated peer cannot make the node buffer the data of hundreds of streams.
+        let conn = raw_connection(&secret(S), to, 2).await;
+        assert_eq!(conn.max_datagram_size(), None);
+        let (mut first, _r) = conn.open_bi().await.unwrap();
+        first.write_all(b"x").await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), conn.open_bi())
+                .await
+                .is_err(),
+            "a second stream before the hello"
+        );
+        drop(conn);
         // Silence after the handshake: closed after 5 s.
         let conn = raw_connection(&secret(S), to, 2).await;
         let t0 = Instant::now();
         assert_eq!(closed_with(conn.closed().await), CLOSE_TIMEOUT);
         assert!(t0.elapsed() < Duration::from_secs(7));
-        assert_eq!(b.refused_count(), 1);
+        // (The dropped connection counts too if its close did not arrive before its hello's time.)
+        let base = b.refused_count();
+        assert!(base == 1 || base == 2, "{base}");
 
         // Garbage instead of a hello.
         let conn = raw_connection(&secret(S), to, 2).await;
@@ -1383,7 +1409,7 @@ mod tests {
         send.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         send.finish().unwrap();
         assert_eq!(closed_with(conn.closed().await), CLOSE_PROTOCOL);
-        assert_eq!(b.refused_count(), 2);
+        assert_eq!(b.refused_count(), base + 1);
 
         // A hello whose proof is bound to another session (here: a zero exporter), i.e. a replayed
         // or relayed proof made with the right secret.
@@ -1399,7 +1425,7 @@ mod tests {
         .unwrap();
         send.finish().unwrap();
         assert_eq!(closed_with(conn.closed().await), CLOSE_AUTH);
-        assert_eq!(b.refused_count(), 3);
+        assert_eq!(b.refused_count(), base + 2);
 
         // The same, with the proof made for this session: accepted, and RPCs flow.
         let conn = raw_connection(&secret(S), to, 2).await;
@@ -1431,7 +1457,12 @@ mod tests {
         send.finish().unwrap();
         let resp = recv.read_to_end(100).await.unwrap();
         assert_eq!(codec::decode_response(&resp, 100).unwrap(), Ok(b"raw".to_vec()));
-        assert_eq!(b.refused_count(), 3);
+        // After the hello, streams in parallel.
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            open.push(conn.open_bi().await.unwrap());
+        }
+        assert_eq!(b.refused_count(), base + 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
