@@ -55,7 +55,10 @@
 //!   this by themselves, at the cost of one round trip. Below that mark nothing changes: the
 //!   round trip is not paid when nothing is under attack.
 //! * Inbound connections: [`MAX_INBOUND`] concurrently (handshaking or established); beyond that a
-//!   new one is refused at once (QUIC CONNECTION_REFUSED), counted and logged.
+//!   new one is refused at once (QUIC CONNECTION_REFUSED), counted and logged. Of those, at most
+//!   [`MAX_UNAUTHENTICATED_PER_ADDRESS`] from one (non-loopback) source address may be
+//!   handshaking or waiting for their hello: one host that stalls its handshakes cannot take
+//!   every slot.
 //! * Outbound connection cache: one per peer id, at most [`MAX_PEERS`] ids; when full an
 //!   arbitrary other entry is dropped (its connection closes when its last RPC ends).
 //! * Liveness: QUIC keep-alive every `keep_alive` (1 s) and idle timeout `idle_timeout` (10 s): a
@@ -105,6 +108,12 @@ pub type NodeId = u64;
 pub const MAX_STREAMS: u32 = 256;
 /// Concurrent inbound connections (handshaking or established).
 pub const MAX_INBOUND: usize = 256;
+/// Inbound connections from one source address that may be handshaking or waiting for their hello
+/// at once. Address validation (VALIDATE_ABOVE) stops forged addresses; this stops one real
+/// address that stalls its handshakes from taking every inbound slot, and with them the node's
+/// Raft traffic. Loopback addresses are not limited: every process of a cluster on one host
+/// shares one, and a local process can disturb the node in simpler ways (it can read its files).
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
 /// Bytes a peer may have in flight to this node on one connection, all streams together (quinn's
 /// flow control; each stream also has quinn's default window of 1.25 MB). Ample for the largest
 /// messages here (a 4 MiB AppendEntries batch, 1 MiB snapshot chunks), which read as they come.
@@ -306,8 +315,42 @@ struct Shared {
     /// When each peer last answered a call (at most MAX_PEERS entries).
     answered: Mutex<HashMap<NodeId, Instant>>,
     inbound: Arc<tokio::sync::Semaphore>,
+    /// Inbound connections not yet authenticated, by source address (at most MAX_INBOUND
+    /// entries: each holds an inbound slot).
+    unauthenticated: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
     log_limiter: Mutex<HashMap<SocketAddr, Instant>>,
     local_addr: SocketAddr,
+}
+
+/// One unauthenticated inbound connection counted against its source address; uncounted when
+/// dropped (the hello verified, or the connection over).
+struct Unauthenticated {
+    map: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Unauthenticated {
+    fn take(map: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>, ip: std::net::IpAddr) -> Option<Unauthenticated> {
+        let mut m = map.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_UNAUTHENTICATED_PER_ADDRESS && !ip.is_loopback() {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated { map: map.clone(), ip })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut m = self.map.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -430,6 +473,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
             inbound: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
+            unauthenticated: Arc::new(Mutex::new(HashMap::new())),
             log_limiter: Mutex::new(HashMap::new()),
             local_addr,
         });
@@ -725,6 +769,15 @@ async fn accept_loop(shared: Arc<Shared>) {
             }
             continue;
         }
+        let Some(pending) = Unauthenticated::take(&shared.unauthenticated, remote.ip()) else {
+            incoming.refuse();
+            shared.refuse(
+                remote,
+                "connection from",
+                "too many unauthenticated connections from this address",
+            );
+            continue;
+        };
         let permit = match shared.inbound.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -735,13 +788,13 @@ async fn accept_loop(shared: Arc<Shared>) {
         };
         let s = shared.clone();
         tokio::spawn(async move {
-            serve_connection(s, incoming, remote).await;
+            serve_connection(s, incoming, remote, pending).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(s: Arc<Shared>, incoming: quinn::Incoming, remote: SocketAddr) {
+async fn serve_connection(s: Arc<Shared>, incoming: quinn::Incoming, remote: SocketAddr, pending: Unauthenticated) {
     let deadline = tokio::time::Instant::now() + auth::HELLO_TIMEOUT;
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -786,6 +839,7 @@ async fn serve_connection(s: Arc<Shared>, incoming: quinn::Incoming, remote: Soc
         }
     };
     debug!(node = s.node_id, peer, remote = %remote, "replicated: peer authenticated");
+    drop(pending);
     conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     loop {
         match conn.accept_bi().await {
@@ -1322,6 +1376,32 @@ mod tests {
         assert!(b.retried_count() > 0, "no attempt was asked to validate its address");
         assert_eq!(a.call(2, &addr(&b), ECHO, b"let me in", T).await.unwrap(), b"let me in");
         drop(forgers);
+    }
+
+    #[test]
+    fn unauthenticated_connections_are_limited_per_source_address() {
+        let map = Arc::new(Mutex::new(HashMap::new()));
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut held: Vec<Unauthenticated> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS)
+            .map(|_| Unauthenticated::take(&map, a).unwrap())
+            .collect();
+        assert!(
+            Unauthenticated::take(&map, a).is_none(),
+            "one more from the same address"
+        );
+        assert!(
+            Unauthenticated::take(&map, b).is_some(),
+            "another address is not affected"
+        );
+        held.pop(); // authenticated, or gone
+        let again = Unauthenticated::take(&map, a);
+        assert!(again.is_some());
+        drop((held, again));
+        assert!(map.lock().is_empty(), "nothing left counted");
+        let local: Vec<_> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS + 5)
+            .map(|_| Unauthenticated::take(&map, "127.0.0.1".parse().unwrap()))
+            .collect();
+        assert!(local.iter().all(Option::is_some), "loopback is not limited");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
