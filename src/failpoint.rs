@@ -3,7 +3,8 @@
 //! Actions: `crash` (the process dies at once, like kill -9: no destructors, no flush), `pause`
 //! (the calling thread sleeps forever, so a test can kill the process while it is stuck there),
 //! `delay` (the calling thread sleeps DELAY, then goes on: widens a race window for a test),
-//! `error` (the step fails with an I/O error). An action may be prefixed with `N*` to fire only on
+//! `error` (the step fails with an I/O error), `panic` (the calling thread panics: checks that
+//! a panic is contained where it happens). An action may be prefixed with `N*` to fire only on
 //! the N-th pass (`commit.after_append=3*crash`). Unknown names are harmless; the list of names
 //! lives in README.md. Read once per process; costs one atomic load when unset.
 
@@ -18,6 +19,7 @@ enum Action {
     Pause,
     Delay,
     Error,
+    Panic,
 }
 
 /// How long a `delay` failpoint holds the calling thread.
@@ -48,6 +50,7 @@ fn table() -> &'static Option<Mutex<HashMap<String, Point>>> {
                 "pause" => Action::Pause,
                 "delay" => Action::Delay,
                 "error" => Action::Error,
+                "panic" => Action::Panic,
                 _ => continue,
             };
             map.insert(name.to_string(), Point { action, nth, passes: 0 });
@@ -93,5 +96,6 @@ pub fn hit(name: &str) -> std::io::Result<()> {
             Ok(())
         }
         Action::Error => Err(std::io::Error::other(format!("failpoint {name}"))),
+        Action::Panic => panic!("failpoint {name}: panic"),
     }
 }

@@ -1061,6 +1061,28 @@ impl Database {
         self.sm.poison(why);
     }
 
+    /// The commit path panicked (caught in vfs `commit_sync`, which then invalidates the WAL
+    /// tail). A commit still waiting is given up like a timeout: if Raft commits its entry, the
+    /// state machine applies it from the log. Otherwise it may have been claimed, and claimed
+    /// pages that were never published leave this node's state behind what it reported: poison.
+    pub fn commit_panicked(&self) -> WriteError {
+        let given_up = self.sm.pending.lock().take().is_some_and(|p| {
+            let mut s = p.state.lock();
+            let waiting = *s == PendingState::Waiting;
+            if waiting {
+                *s = PendingState::Abandoned;
+            }
+            waiting
+        });
+        if !given_up {
+            self.poison("a commit failed with an internal error after its entry may have been claimed".into());
+        }
+        WriteError::new(
+            IOERR_REPLICATION,
+            "replicated: internal error in the commit path (see the log); the outcome in the cluster is unknown",
+        )
+    }
+
     fn leader_addr(&self, v: &View) -> Option<String> {
         let id = v.leader?;
         v.members

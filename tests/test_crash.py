@@ -399,6 +399,23 @@ def test_a_checkpoint_whose_records_cannot_be_synced_writes_nothing(tmp_path):
     assert hashlib.sha256(db.read_bytes()).hexdigest() != before, "the next checkpoint copies the frames"
 
 
+def test_a_panic_in_the_commit_path_is_contained(tmp_path):
+    """A panic in the commit path after the entry was claimed (failpoint action `panic`) fails
+    the statement with IOERR and must leave nothing inconsistent: the claimed transaction was
+    never published, so the node refuses further writes until a restart, which replays it from
+    the log. (Caught only at the FFI boundary before, it left the node writing on top of a state
+    that lacked a transaction Raft had committed.)"""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
+    p = run_shell(shell_prelude(uri) + "insert into acked values(2,'b');\nselect 'next';\ninsert into acked values(3,'c');\n",
+                  check=False, env={**os.environ, "REPLICATED_FAILPOINTS": "commit.after_quorum=panic"})
+    assert "next" in p.stdout, p.stdout + p.stderr
+    assert p.stderr.count("I/O error") == 2, p.stderr  # the panicked commit, then the refused write
+    assert read_state(uri) == {1, 2}
+    run_shell(shell_prelude(uri) + "insert into acked values(4,'d');\n")
+    assert read_state(uri) == {1, 2, 4}
+
+
 def test_crash_before_the_log_fsync(tmp_path):
     """A crash after the entry is written to the Raft log but before its fsync: the commit was
     never acknowledged, so either outcome is allowed; but kill -9 keeps the page cache, the entry is

@@ -489,7 +489,12 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
         .and_then(|()| capture::capture(st.real, wal, st.commit_hint.take()));
     let result = match captured {
-        Ok(cap) => db.commit(cap, |off, buf| capture::read_at(wal, off, buf)),
+        // A panic in here is caught at once, not by `guard`: the tail must still be invalidated,
+        // and a pending commit left waiting would be claimed by a committer that is gone.
+        Ok(cap) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            db.commit(cap, |off, buf| capture::read_at(wal, off, buf))
+        }))
+        .unwrap_or_else(|_| Err(db.commit_panicked())),
         Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
         Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),
     };
@@ -500,15 +505,22 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         }
         Err(e) => {
             // Invalidate first, then report: a crash after this point must not resurrect it.
-            let first = capture::read_shm_header(st.real)
-                .map(|h| h.mx_frame as u64 + 1)
-                .unwrap_or(1);
-            let ps = capture::wal_page_size(wal).unwrap_or(4096);
-            let rc = capture::invalidate_tail(wal, ps, first);
-            if rc != ffi::SQLITE_OK {
-                db.poison(format!(
-                    "could not invalidate the WAL tail after a failed commit ({rc})"
-                ));
+            // Where the tail starts must be known: a guess could zero a published frame, and
+            // SQLite's next recovery would then drop every frame after it.
+            match (capture::read_shm_header(st.real).ok(), capture::wal_page_size(wal)) {
+                (Some(h), Some(ps)) => {
+                    let rc = capture::invalidate_tail(wal, ps, h.mx_frame as u64 + 1);
+                    if rc != ffi::SQLITE_OK {
+                        db.poison(format!(
+                            "could not invalidate the WAL tail after a failed commit ({rc})"
+                        ));
+                    }
+                }
+                _ => db.poison(
+                    "could not locate the WAL tail to invalidate after a failed commit (restart the node: \
+                     reconciliation removes it)"
+                        .into(),
+                ),
             }
             report(st, e.code, &e.msg);
             e.code
