@@ -1767,12 +1767,9 @@ impl Database {
         while Instant::now() < deadline && self.view().leader == Some(self.cfg.node) {
             result = self.hand_over_once(target, &addr, deadline);
             // A target that cannot apply refuses every time: stop pausing the heartbeats for it.
-            if result.as_ref().is_ok()
-                || result
-                    .as_ref()
-                    .is_err_and(|e| e.contains(crate::raft::network::WILL_NOT_LEAD))
-            {
-                break;
+            match &result {
+                Err(e) if !e.contains(crate::raft::network::WILL_NOT_LEAD) => {}
+                _ => break,
             }
         }
         self.handover.store(false, Ordering::Release);

@@ -600,6 +600,12 @@ pub struct ServiceState {
     pub poisoned: std::sync::atomic::AtomicBool,
 }
 
+impl ServiceState {
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 impl std::ops::Deref for RaftService {
     type Target = ServiceState;
     fn deref(&self) -> &ServiceState {
@@ -658,7 +664,7 @@ impl RaftService {
                 // Confirming leadership sends AppendEntries to every voter, heartbeats or not: a
                 // poisoned leader that answered would renew its followers' leases for as long as
                 // anyone calls replicated_sync(), and never be replaced.
-                if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                if self.is_poisoned() {
                     return Err(WILL_NOT_LEAD.into());
                 }
                 let r = raft.get_read_log_id().await.map_err(|e| e.to_string())?;
@@ -762,7 +768,7 @@ impl RaftService {
                 // the other followers' leases have expired too (the leader stopped its heartbeats),
                 // and one whose timer fires meanwhile would otherwise win this node's grant and
                 // campaign against it (seen: "node 2 did not take over (leader is Some(3))").
-                if self.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                if self.is_poisoned() {
                     return Err(WILL_NOT_LEAD.into());
                 }
                 self.contact.heard();
@@ -774,8 +780,7 @@ impl RaftService {
                 let (log, lease) = self.election.get().ok_or("node is starting")?;
                 // A poisoned leader is stepping down: it grants like any follower whose leader
                 // went quiet (it stopped its own heartbeats and no longer hears itself).
-                let is_leader = raft.metrics().borrow().state == openraft::ServerState::Leader
-                    && !self.poisoned.load(std::sync::atomic::Ordering::Acquire);
+                let is_leader = raft.metrics().borrow().state == openraft::ServerState::Leader && !self.is_poisoned();
                 let mine = log.last_log_id();
                 encode(&election::grant(
                     is_leader,

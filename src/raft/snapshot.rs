@@ -357,6 +357,17 @@ pub fn restore_db_file(image: &Path, db: &Path, before_rename: impl FnOnce(&Path
 mod tests {
     use super::*;
 
+    /// Makes `p` look untouched for an hour.
+    fn age(p: &Path) {
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+    }
+
     #[test]
     fn chunks_are_written_in_order_and_stale_transfers_removed() {
         let d = tempfile::tempdir().unwrap();
@@ -377,23 +388,12 @@ mod tests {
 
         let old = incoming(d.path(), "old").unwrap();
         write_chunk(&old, 0, b"old").unwrap();
-        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(an_hour_ago)
-            .unwrap();
+        age(&old);
         let fresh = incoming(d.path(), "fresh").unwrap();
         write_chunk(&fresh, 0, b"fresh").unwrap();
         let keep = incoming(d.path(), "keep").unwrap();
         write_chunk(&keep, 0, b"k").unwrap();
-        File::options()
-            .write(true)
-            .open(&keep)
-            .unwrap()
-            .set_modified(an_hour_ago)
-            .unwrap();
+        age(&keep);
         assert_eq!(
             remove_stale_incoming(d.path(), &keep, STALE_INCOMING),
             vec!["old".to_string()]
@@ -412,12 +412,7 @@ mod tests {
         // The sender starts the same snapshot again while the install runs, and a transfer of
         // another id cleans up long after this one's last chunk.
         write_chunk(&incoming(d.path(), "9-1-9").unwrap(), 0, b"A").unwrap();
-        File::options()
-            .write(true)
-            .open(&installing)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
-            .unwrap();
+        age(&installing);
         let other = incoming(d.path(), "other").unwrap();
         write_chunk(&other, 0, b"x").unwrap();
         assert!(remove_stale_incoming(d.path(), &other, STALE_INCOMING).is_empty());

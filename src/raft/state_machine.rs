@@ -243,8 +243,9 @@ impl SmShared {
         self.service.poisoned.store(false, Ordering::Release);
     }
 
+    /// Read on every apply: the flag the service mirrors, set and cleared under `poisoned`.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.lock().is_some()
+        self.service.is_poisoned()
     }
 
     /// Decides what entry `e` does to the state (identically on every node) and returns the
@@ -375,14 +376,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if !self.0.is_poisoned() {
                     // Failpoint `apply.own`: applying one of this node's own transactions from
                     // the log fails (with `sm.claim`, the way to poison a leader in a test).
-                    let own = match txn.last.origin == self.0.node_id {
-                        true => crate::failpoint::hit("apply.own").map_err(|e| e.to_string()),
-                        false => Ok(()),
+                    let own = txn.last.origin == self.0.node_id;
+                    let r = match own.then(|| crate::failpoint::hit("apply.own")) {
+                        Some(Err(e)) => Err(e.to_string()),
+                        _ => self.0.applier.apply(txn, log_id).await,
                     };
-                    if let Err(err) = match own {
-                        Ok(()) => self.0.applier.apply(txn, log_id).await,
-                        Err(e) => Err(e),
-                    } {
+                    if let Err(err) = r {
                         self.0
                             .poison(format!("applying log entry {} failed: {err}", log_id.index));
                     }
