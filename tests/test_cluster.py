@@ -1351,3 +1351,36 @@ def test_an_imported_file_longer_than_its_database_reaches_new_nodes_by_snapshot
     finally:
         c.heal()
         c.stop()
+
+
+def test_commits_padded_to_a_sector_replicate_and_survive_kills(cluster):
+    """psow=0 (the file system may tear a sector): SQLite pads each commit with copies of its
+    commit frame up to a sector boundary and syncs in the middle of a padding frame. The sync
+    must capture only whole frames, and followers, restarts and the WAL must all agree."""
+    c = cluster(3, psow=0)
+    leader = c.leader()
+    leader.sql("create table t(id integer primary key, pad blob)")
+    for i in range(60):
+        leader.sql("insert into t(pad) values(randomblob(20))")
+    # Padding frames are in the leader's WAL: each one-page commit wrote at least two frames.
+    busy, frames, _ = leader.sql("pragma wal_checkpoint(PASSIVE)")[0]
+    assert busy == 0 and frames >= 120, frames
+    for i in range(60):
+        leader.sql("insert into t(pad) values(randomblob(?))", 20 + 97 * i)
+    leader.sql("begin")
+    for i in range(300):
+        leader.sql("insert into t(pad) values(randomblob(700))")
+    leader.sql("commit")
+    leader.kill()
+    new = c.leader(among=[n for n in c.alive()], timeout=10)
+    for i in range(20):
+        c.write("insert into t(pad) values(randomblob(?))", 3000 + i)
+    leader.start()
+    c.sync_all()
+    counts = {n.id: n.one("select count(*) from t") for n in c.alive()}
+    assert set(counts.values()) == {440}, counts
+    for n in c.alive():
+        assert n.one("pragma integrity_check") == "ok"
+    assert new.id != leader.id
+    hashes = c.checkpoint_and_hash()
+    assert len(set(hashes.values())) == 1, hashes

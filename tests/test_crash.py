@@ -99,9 +99,12 @@ def kill_writer_rounds(uri, rounds, rnd, lo, hi):
     return all_acked
 
 
-def test_random_kills_lose_no_acknowledged_commit(tmp_path):
+@pytest.mark.parametrize("psow", ["1", "0"])
+def test_random_kills_lose_no_acknowledged_commit(tmp_path, psow):
+    """psow=0: every commit is padded to a sector boundary and synced mid-frame (SQLite's
+    padToSectorBoundary), a different sequence of writes and syncs at each kill point."""
     port = free_port()
-    uri = repl_uri(tmp_path / "app.db", port=port, data=tmp_path / "raft")
+    uri = repl_uri(tmp_path / "app.db", port=port, data=tmp_path / "raft", psow=psow)
     rnd = random.Random(int(os.environ.get("CRASH_SEED", "1234")))
     all_acked = kill_writer_rounds(uri, 8, rnd, 0.05, 1.2)
     assert len(all_acked) > 50, "the writer made too little progress for the test to mean anything"
