@@ -18,7 +18,10 @@
 //!    dedicated, idle connection (never fcntl locks of our own: POSIX locks do not conflict inside
 //!    one process, and the unix VFS arbitrates in-process locks in memory).
 //! 2. Read the header (copy [0], barrier, copy [1]; equal, initialised, checksum valid). If it is
-//!    not, let SQLite recover it (a read on the applier connection) and start again.
+//!    not, let SQLite recover it (a read on the applier connection) and start again. It must end
+//!    where this node last published (`Database::check_wal_end`): frames after that were written
+//!    by a process without the replicated VFS, and the apply fails (the node is poisoned). A
+//!    snapshot image is exempt: it rewrites every page, so it replaces them (and clears the poison).
 //! 3. If every frame is backfilled (nBackfill == mxFrame > 0) and READ_LOCK(1..4) can be taken,
 //!    restart the WAL: salt-1 + 1, a new salt-2, mxFrame 0, publish, reset the checkpoint info.
 //! 4. On an empty WAL write a new WAL header (and sync it: it must be on disk before any frame).
@@ -709,6 +712,17 @@ impl Conn {
         let Some(mut h) = self.read_hdr(r0) else {
             return Err(None);
         };
+        let salt_of = |h: &Hdr| {
+            let mut s = [0u8; 8];
+            s[..4].copy_from_slice(&h[8].to_ne_bytes());
+            s[4..].copy_from_slice(&h[9].to_ne_bytes());
+            s
+        };
+        // A snapshot image writes every page and the size: it replaces whatever the frames
+        // before it hold, so it may go on top of frames this node did not write (and repairs it).
+        if !matches!(src, Source::Image { .. }) {
+            db.check_wal_end(salt_of(&h), h[4], true).map_err(Some)?;
+        }
         let ps = src.page_size();
         let ckpt = r0.add(96) as *mut u32; // nBackfill, aReadMark[5], locks, nBackfillAttempted
         let mut mx = h[4];
@@ -828,7 +842,9 @@ impl Conn {
         h[5] = src.db_size();
         h[6] = running.0;
         h[7] = running.1;
+        db.begin_publication();
         self.publish(r0, &mut h);
+        db.note_wal_end(Some((salt_of(&h), new_mx)));
         db.set_published(log_id, last_txn);
         Ok(new_mx)
     }

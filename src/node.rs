@@ -116,6 +116,75 @@ fn part_failure(
     }
 }
 
+/// Where this node's last publication left the wal-index (`Database::check_wal_end`).
+#[derive(Default)]
+struct WalEnd {
+    /// `(salt, mxFrame)`; None until the first check after a start.
+    end: Option<([u8; 8], u32)>,
+    /// Between a claim (or an apply's publish) and its note: the wal-index may be ahead of `end`.
+    publishing: bool,
+}
+
+impl WalEnd {
+    fn check(&mut self, salt: [u8; 8], mx: u32, adopt: bool) -> Result<(), String> {
+        if self.publishing {
+            return Ok(());
+        }
+        if let Some((s, m)) = self.end {
+            if mx != 0 && (s, m) != (salt, mx) {
+                let place = if s == salt {
+                    format!("it ends at frame {mx}, this node's last transaction at frame {m}")
+                } else {
+                    format!("a WAL generation of {mx} frames that this node did not write")
+                };
+                return Err(format!(
+                    "the WAL holds frames this node did not write ({place}): another process wrote to \
+                     the database without vfs=replicated, and those writes are on no other node. This \
+                     node writes nothing more and checkpoints nothing; restart it to discard them"
+                ));
+            }
+        }
+        if adopt || self.end.is_none() {
+            self.end = Some((salt, mx));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod wal_end_tests {
+    use super::WalEnd;
+
+    #[test]
+    fn only_frames_this_node_published_pass() {
+        let (a, b) = ([1u8; 8], [2u8; 8]);
+        let mut w = WalEnd::default();
+        assert!(
+            w.check(a, 7, false).is_ok(),
+            "the first check after a start adopts the end"
+        );
+        assert_eq!(w.end, Some((a, 7)));
+        assert!(w.check(a, 7, true).is_ok());
+        let e = w.check(a, 9, true).unwrap_err();
+        assert!(
+            e.contains("ends at frame 9, this node's last transaction at frame 7"),
+            "{e}"
+        );
+        assert!(w.check(b, 3, false).unwrap_err().contains("WAL generation of 3 frames"));
+        assert_eq!(w.end, Some((a, 7)), "a refused end is not adopted");
+        assert!(w.check(b, 0, false).is_ok(), "a restarted (empty) WAL");
+        assert_eq!(w.end, Some((a, 7)), "a checkpoint's check adopts nothing");
+        assert!(w.check(b, 0, true).is_ok());
+        assert_eq!(w.end, Some((b, 0)), "a writer's check adopts the empty WAL");
+        assert!(w.check(b, 2, true).is_err(), "a generation written by someone else");
+        w.publishing = true;
+        assert!(w.check(b, 2, false).is_ok(), "undecidable while this node publishes");
+        w.publishing = false;
+        w.end = Some((b, 2));
+        assert!(w.check(b, 2, false).is_ok());
+    }
+}
+
 /// The latest role/term/leader seen in openraft's metrics.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -158,6 +227,8 @@ pub struct Database {
     contact: Arc<crate::raft::election::Contact>,
     /// Eager AppendEntries sent to each follower (raft/network.rs uses their answers).
     eager_calls: crate::raft::network::EagerCalls,
+    /// Where this node's last publication left the wal-index: see `check_wal_end`.
+    wal_end: Mutex<WalEnd>,
     _lock: std::fs::File,
 }
 
@@ -857,6 +928,7 @@ impl Database {
             transport,
             next_txn_id: AtomicU64::new(u64::from_le_bytes(reconcile::random_salt()) >> 16),
             pid: std::process::id(),
+            wal_end: Mutex::new(WalEnd::default()),
             handover: std::sync::atomic::AtomicBool::new(false),
             forming: std::sync::atomic::AtomicBool::new(importing),
             sending,
@@ -1890,6 +1962,37 @@ impl Database {
 
     /// Whoever publishes a transaction (the applier, or a committer at its write-lock release)
     /// records it here, under WAL_WRITE_LOCK.
+    /// A transaction of this node is about to be published (claimed by its committer, or
+    /// applied): until `note_wal_end`, the wal-index may be ahead of the noted end.
+    pub fn begin_publication(&self) {
+        self.wal_end.lock().publishing = true;
+    }
+
+    /// This node published its wal-index at `(salt, mx)` (a commit of its own or an apply), or
+    /// with None gave up a publication that did not happen; noted while WAL_WRITE_LOCK is held.
+    pub fn note_wal_end(&self, end: Option<([u8; 8], u32)>) {
+        let mut w = self.wal_end.lock();
+        if end.is_some() {
+            w.end = end;
+        }
+        w.publishing = false;
+    }
+
+    /// Checked before this node writes frames (under WAL_WRITE_LOCK: a transaction of its own on
+    /// the leader, an apply) and before a checkpoint copies frames into the database file: the
+    /// wal-index must still end where this node's last publication left it. Frames past that end
+    /// were written by a process that opened the database without the replicated VFS. They are
+    /// on no other node; a page image built on them would carry part of them to the followers,
+    /// and a checkpoint would make them permanent. Err(reason): the caller writes nothing and the
+    /// node is poisoned; a restart's reconciliation cuts the WAL back to the last replicated
+    /// transaction. Always fine: an empty WAL (a checkpoint restarted it after backfilling
+    /// everything), the first check after a start (reconciliation made the WAL agree with the
+    /// log), and a check while this node is publishing (the end is moving; the next check
+    /// decides). `adopt`: a writer's check, whose end becomes the noted one.
+    pub fn check_wal_end(&self, salt: [u8; 8], mx: u32, adopt: bool) -> Result<(), String> {
+        self.wal_end.lock().check(salt, mx, adopt)
+    }
+
     pub fn set_published(&self, log_id: crate::raft::types::LogId, last_txn: u64) {
         *self.sm.published.lock() = (Some(log_id), last_txn);
     }

@@ -1415,3 +1415,53 @@ def test_memory_mapped_reads_and_a_wal_size_limit(cluster):
         assert n.one("pragma integrity_check") == "ok"
     hashes = c.checkpoint_and_hash()
     assert len(set(hashes.values())) == 1, hashes
+
+
+def plain_write(node, sql):
+    """`sql` run by the real sqlite3 shell on `node`'s database file WITHOUT the replicated VFS:
+    a write that bypasses replication (an operator's mistake)."""
+    p = subprocess.run(["sqlite3", "-cmd", ".timeout 5000", str(node.db), sql], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+
+
+def test_a_write_that_bypassed_the_vfs_is_refused_and_discarded(cluster):
+    """Another process writes to a node's database file with plain SQLite. Its frames are on no
+    other node: the next write or apply there must refuse to build on them (a page image would
+    carry part of them to the followers) and no checkpoint may copy them into the database file;
+    a restart discards them and every node converges without them."""
+    c = cluster(3)
+    c.write("create table t(id integer primary key, v text)")
+    c.write("insert into t(v) values('a')")
+    c.sync_all()
+    # On a follower: the next apply there fails, the follower stops, and a restart repairs it.
+    f = c.followers()[0]
+    plain_write(f, "insert into t(v) values('foreign-f')")
+    c.write("insert into t(v) values('b')")
+    wait_until(lambda: "did not write" in (f.status().get("error") or ""), 10,
+               "the follower to report the frames it did not write")
+    with pytest.raises(SqlError):
+        f.sql("pragma wal_checkpoint(TRUNCATE)")
+    # On the leader: its next write is refused, it steps down, the others go on.
+    old = c.leader()
+    plain_write(old, "insert into t(v) values('foreign-l')")
+    with pytest.raises(SqlError) as e:
+        old.sql("insert into t(v) values('c')")
+    assert e.value.code & 0xFF == SQLITE_IOERR, e.value
+    assert "did not write" in old.one("select replicated_last_error()")
+    with pytest.raises(SqlError):
+        old.sql("pragma wal_checkpoint(TRUNCATE)")
+    healthy = [n for n in c.alive() if n is not old and n is not f]
+    f.kill()
+    f.start()
+    new = c.leader(among=healthy + [f], timeout=10)
+    assert new.id != old.id
+    c.write("insert into t(v) values('d')")
+    old.kill()
+    old.start()
+    c.sync_all()
+    rows = {n.id: [r[0] for r in n.sql("select v from t order by id")] for n in c.alive()}
+    assert all(r == ["a", "b", "d"] for r in rows.values()), rows
+    for n in c.alive():
+        assert n.one("pragma integrity_check") == "ok"
+    assert len(set(c.checkpoint_and_hash().values())) == 1

@@ -11,7 +11,10 @@
 //!    file"): the handle remembers the error, refuses all I/O, and the extension's per-connection
 //!    init reports the message, which names the key, as the open's error.
 //! 2. *Begin write* (`xShmLock(WRITE, exclusive)` while holding a read mark): ask the node; a
-//!    follower refuses with SQLITE_READONLY before any page is written.
+//!    follower refuses with SQLITE_READONLY before any page is written. Once the lock is held,
+//!    the wal-index must end where this node last published: frames past that end were written
+//!    by a process without this VFS (`Database::check_wal_end`); the lock is given back, the
+//!    write fails and the node is poisoned. A checkpoint is refused (CKPT_START) on the same test.
 //! 3. *Commit* (the WAL `xSync` after a commit frame, see `locks.rs`): capture the transaction,
 //!    hand it to Raft, block this SQLite thread until the ack level is met, then return. On failure
 //!    the WAL tail is invalidated and synced *before* the error is returned. Never SQLITE_BUSY.
@@ -500,6 +503,7 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
     };
     match result {
         Ok((log_id, commit_frame)) => {
+            db.begin_publication();
             st.claimed = Some((log_id, commit_frame));
             ffi::SQLITE_OK
         }
@@ -636,6 +640,15 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                         // The checkpoint is about to copy frames into the database file: make
                         // the applied-state records that describe them durable first.
                         st.checkpoint_refused = db.on_checkpoint_start().err();
+                        // Nor may it copy frames this node did not write (check_wal_end).
+                        if st.checkpoint_refused.is_none() {
+                            if let Ok(h) = capture::read_shm_header(st.real) {
+                                if let Err(why) = db.check_wal_end(h.salt, h.mx_frame, false) {
+                                    db.poison(why.clone());
+                                    st.checkpoint_refused = Some(format!("replicated: {why}"));
+                                }
+                            }
+                        }
                         if let Some(e) = &st.checkpoint_refused {
                             sqlite_log(ffi::SQLITE_IOERR, &format!("{e}: the checkpoint is refused"));
                         }
@@ -681,7 +694,8 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
         }
         let lock = flags & ffi::SQLITE_SHM_LOCK != 0;
         let excl = flags & ffi::SQLITE_SHM_EXCLUSIVE != 0;
-        if !st.internal && st.locks.is_write_txn_start(offset, n, lock, excl) {
+        let write_start = !st.internal && st.locks.is_write_txn_start(offset, n, lock, excl);
+        if write_start {
             if let Some(db) = st.db.clone() {
                 if let Err(e) = db.begin_write() {
                     report(st, e.code, &e.msg);
@@ -693,16 +707,29 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
             if let (Some((log_id, frame)), Some(db)) = (st.claimed.take(), st.db.clone()) {
                 // Still under WAL_WRITE_LOCK: SQLite has published the commit (or failed to).
                 match capture::read_shm_header(st.real) {
-                    Ok(h) if h.mx_frame as u64 >= frame => db.set_published(log_id, log_id.index),
-                    _ => db.poison(format!(
-                        "log entry {} was committed in the cluster but SQLite did not publish it here; \
+                    Ok(h) if h.mx_frame as u64 >= frame => {
+                        db.note_wal_end(Some((h.salt, h.mx_frame)));
+                        db.set_published(log_id, log_id.index)
+                    }
+                    _ => {
+                        db.note_wal_end(None);
+                        db.poison(format!(
+                            "log entry {} was committed in the cluster but SQLite did not publish it here; \
                          restart this node to replay it",
-                        log_id.index
-                    )),
+                            log_id.index
+                        ))
+                    }
                 }
             }
         }
         let rc = forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
+        if rc == ffi::SQLITE_OK && write_start {
+            if let Err(code) = check_wal_end(st) {
+                let unlock = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE;
+                forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, unlock);
+                return code;
+            }
+        }
         if rc == ffi::SQLITE_OK {
             st.locks.record(offset, n, lock, excl);
             if !lock && excl && offset == 0 {
@@ -717,6 +744,19 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
             }
         }
         rc
+    })
+}
+/// A write transaction has just taken WAL_WRITE_LOCK: no process but this node may have moved the
+/// wal-index since this node last published (`Database::check_wal_end`). Err(code) after
+/// poisoning the node and reporting why.
+unsafe fn check_wal_end(st: &MainState) -> Result<(), c_int> {
+    let (Some(db), Ok(h)) = (st.db.as_ref(), capture::read_shm_header(st.real)) else {
+        return Ok(()); // no header to check: SQLite's own read of it fails or recovers it
+    };
+    db.check_wal_end(h.salt, h.mx_frame, true).map_err(|why| {
+        db.poison(why.clone());
+        report(st, crate::node::IOERR_REPLICATION, &format!("replicated: {why}"));
+        crate::node::IOERR_REPLICATION
     })
 }
 unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
