@@ -411,6 +411,14 @@ unsafe fn file_pointer(db: *mut ffi::sqlite3, op: i32) -> *mut ffi::sqlite3_file
 /// Header copy as 12 native u32 words.
 type Hdr = [u32; 12];
 
+/// The WAL salts a wal-index header holds (aSalt: the WAL header's bytes, copied as they are).
+fn hdr_salt(h: &Hdr) -> [u8; 8] {
+    let mut s = [0u8; 8];
+    s[..4].copy_from_slice(&h[8].to_ne_bytes());
+    s[4..].copy_from_slice(&h[9].to_ne_bytes());
+    s
+}
+
 fn hdr_cksum(h: &Hdr) -> (u32, u32) {
     let mut b = [0u8; 40];
     for (i, w) in h[..10].iter().enumerate() {
@@ -712,16 +720,10 @@ impl Conn {
         let Some(mut h) = self.read_hdr(r0) else {
             return Err(None);
         };
-        let salt_of = |h: &Hdr| {
-            let mut s = [0u8; 8];
-            s[..4].copy_from_slice(&h[8].to_ne_bytes());
-            s[4..].copy_from_slice(&h[9].to_ne_bytes());
-            s
-        };
         // A snapshot image writes every page and the size: it replaces whatever the frames
         // before it hold, so it may go on top of frames this node did not write (and repairs it).
         if !matches!(src, Source::Image { .. }) {
-            db.check_wal_end(salt_of(&h), h[4], true).map_err(Some)?;
+            db.check_wal_end(|| Some((hdr_salt(&h), h[4])), true).map_err(Some)?;
         }
         let ps = src.page_size();
         let ckpt = r0.add(96) as *mut u32; // nBackfill, aReadMark[5], locks, nBackfillAttempted
@@ -844,7 +846,7 @@ impl Conn {
         h[7] = running.1;
         db.begin_publication();
         self.publish(r0, &mut h);
-        db.note_wal_end(Some((salt_of(&h), new_mx)));
+        db.note_wal_end(Some((hdr_salt(&h), new_mx)));
         db.set_published(log_id, last_txn);
         Ok(new_mx)
     }
@@ -887,6 +889,17 @@ impl Conn {
             })?;
             let r0 = unsafe { self.region(0)? };
             let h = unsafe { self.read_hdr(r0) }.ok_or("snapshot: the wal-index header needs recovery")?;
+            // A poisoned node's files are not the state it reports; and frames it did not write
+            // (check_wal_end) must not leave in an image labelled with a log id.
+            if db.is_poisoned() {
+                return Err(
+                    "snapshot: this node cannot apply the log (poisoned): no snapshot until it restarts".into(),
+                );
+            }
+            if let Err(why) = db.check_wal_end(|| Some((hdr_salt(&h), h[4])), false) {
+                db.poison(why.clone());
+                return Err(format!("snapshot: {why}"));
+            }
             let b = h[3].to_ne_bytes();
             let sz = u16::from_ne_bytes([b[2], b[3]]) as u32;
             let page_size = if sz == 1 { 65536 } else { sz };

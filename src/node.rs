@@ -1960,8 +1960,6 @@ impl Database {
         crate::failpoint::hit("checkpoint.after_marker").map_err(|e| e.to_string())
     }
 
-    /// Whoever publishes a transaction (the applier, or a committer at its write-lock release)
-    /// records it here, under WAL_WRITE_LOCK.
     /// A transaction of this node is about to be published (claimed by its committer, or
     /// applied): until `note_wal_end`, the wal-index may be ahead of the noted end.
     pub fn begin_publication(&self) {
@@ -1989,10 +1987,25 @@ impl Database {
     /// everything), the first check after a start (reconciliation made the WAL agree with the
     /// log), and a check while this node is publishing (the end is moving; the next check
     /// decides). `adopt`: a writer's check, whose end becomes the noted one.
-    pub fn check_wal_end(&self, salt: [u8; 8], mx: u32, adopt: bool) -> Result<(), String> {
-        self.wal_end.lock().check(salt, mx, adopt)
+    ///
+    /// `read` reads the wal-index's `(salt, mxFrame)`, or None when there is no header to check
+    /// (SQLite's own read fails or recovers it). It runs under the same mutex as
+    /// `begin_publication` and `note_wal_end`: a checkpoint holds no write lock, and a header read
+    /// before a publication compared with the end noted after it would look foreign.
+    pub fn check_wal_end(&self, read: impl FnOnce() -> Option<([u8; 8], u32)>, adopt: bool) -> Result<(), String> {
+        let mut w = self.wal_end.lock();
+        match read() {
+            Some((salt, mx)) => w.check(salt, mx, adopt),
+            None => Ok(()),
+        }
     }
 
+    pub fn is_poisoned(&self) -> bool {
+        self.sm.is_poisoned()
+    }
+
+    /// Whoever publishes a transaction (the applier, or a committer at its write-lock release)
+    /// records it here, under WAL_WRITE_LOCK.
     pub fn set_published(&self, log_id: crate::raft::types::LogId, last_txn: u64) {
         *self.sm.published.lock() = (Some(log_id), last_txn);
     }

@@ -1444,13 +1444,17 @@ def test_a_write_that_bypassed_the_vfs_is_refused_and_discarded(cluster):
         f.sql("pragma wal_checkpoint(TRUNCATE)")
     # On the leader: its next write is refused, it steps down, the others go on.
     old = c.leader()
-    plain_write(old, "insert into t(v) values('foreign-l')")
+    assert old.one("pragma mmap_size=67108864") == 67108864
+    plain_write(old, "insert into t(v) values('foreign-l' || hex(randomblob(100000)))")
     with pytest.raises(SqlError) as e:
         old.sql("insert into t(v) values('c')")
     assert e.value.code & 0xFF == SQLITE_IOERR, e.value
     assert "did not write" in old.one("select replicated_last_error()")
+    size = old.db.stat().st_size
     with pytest.raises(SqlError):
         old.sql("pragma wal_checkpoint(TRUNCATE)")
+    # Not even grown: with mmap on, SQLite's size hint would extend the file to the foreign pages.
+    assert old.db.stat().st_size == size
     healthy = [n for n in c.alive() if n is not old and n is not f]
     f.kill()
     f.start()
@@ -1461,7 +1465,33 @@ def test_a_write_that_bypassed_the_vfs_is_refused_and_discarded(cluster):
     old.start()
     c.sync_all()
     rows = {n.id: [r[0] for r in n.sql("select v from t order by id")] for n in c.alive()}
-    assert all(r == ["a", "b", "d"] for r in rows.values()), rows
+    assert all(r == ["a", "b", "d"] for r in rows.values()), {k: [v[:12] for v in r] for k, r in rows.items()}
     for n in c.alive():
         assert n.one("pragma integrity_check") == "ok"
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
+def test_a_node_holding_frames_it_did_not_write_snapshots_none_of_them(cluster):
+    """A follower poisoned by a foreign write keeps deciding entries, so its snapshot policy keeps
+    firing: an image built now would carry the foreign rows under a log id, outlive the restart
+    that cuts them from the WAL, and reach other nodes. No image may hold them."""
+    c = cluster(3)
+    for n in c.nodes.values():
+        n.kill()
+        n.start(env=SNAP_ENV)
+    c.write("create table t(id integer primary key, v text)")
+    c.sync_all()
+    f = c.followers()[0]
+    plain_write(f, "insert into t(v) values('foreign-in-snapshot')")
+    for i in range(120):  # four times the snapshot interval
+        c.write("insert into t(v) values(?)", f"row {i}")
+    wait_until(lambda: "did not write" in (f.status().get("error") or ""), 10, "the follower to stop")
+    time.sleep(1.5)  # the snapshot scheduler's checks
+    snaps = list((f.db.parent / "app.db-raft" / "snapshots").glob("*"))
+    assert not [s for s in snaps if b"foreign-in-snapshot" in s.read_bytes()], snaps
+    f.kill()
+    f.start(env=SNAP_ENV)
+    c.sync_all()
+    rows = {n.id: n.one("select count(*) from t where v = 'foreign-in-snapshot'") for n in c.alive()}
+    assert set(rows.values()) == {0}, rows
     assert len(set(c.checkpoint_and_hash().values())) == 1

@@ -642,11 +642,11 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                         st.checkpoint_refused = db.on_checkpoint_start().err();
                         // Nor may it copy frames this node did not write (check_wal_end).
                         if st.checkpoint_refused.is_none() {
-                            if let Ok(h) = capture::read_shm_header(st.real) {
-                                if let Err(why) = db.check_wal_end(h.salt, h.mx_frame, false) {
-                                    db.poison(why.clone());
-                                    st.checkpoint_refused = Some(format!("replicated: {why}"));
-                                }
+                            let real = st.real;
+                            let read = || capture::read_shm_header(real).ok().map(|h| (h.salt, h.mx_frame));
+                            if let Err(why) = db.check_wal_end(read, false) {
+                                db.poison(why.clone());
+                                st.checkpoint_refused = Some(format!("replicated: {why}"));
                             }
                         }
                         if let Some(e) = &st.checkpoint_refused {
@@ -655,6 +655,11 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                     }
                 }
                 ffi::SQLITE_FCNTL_CKPT_DONE => (*(*rf).main).checkpoint_refused = None,
+                // A refused checkpoint must not change the file at all: with mmap on, the hint
+                // that follows CKPT_START would extend it to the size it was about to copy.
+                ffi::SQLITE_FCNTL_SIZE_HINT if (*(*rf).main).checkpoint_refused.is_some() => {
+                    return ffi::SQLITE_OK;
+                }
                 _ => {}
             }
         }
@@ -750,10 +755,11 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
 /// wal-index since this node last published (`Database::check_wal_end`). Err(code) after
 /// poisoning the node and reporting why.
 unsafe fn check_wal_end(st: &MainState) -> Result<(), c_int> {
-    let (Some(db), Ok(h)) = (st.db.as_ref(), capture::read_shm_header(st.real)) else {
-        return Ok(()); // no header to check: SQLite's own read of it fails or recovers it
+    let Some(db) = st.db.as_ref() else {
+        return Ok(());
     };
-    db.check_wal_end(h.salt, h.mx_frame, true).map_err(|why| {
+    let read = || capture::read_shm_header(st.real).ok().map(|h| (h.salt, h.mx_frame));
+    db.check_wal_end(read, true).map_err(|why| {
         db.poison(why.clone());
         report(st, crate::node::IOERR_REPLICATION, &format!("replicated: {why}"));
         crate::node::IOERR_REPLICATION
