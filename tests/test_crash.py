@@ -498,3 +498,24 @@ print("last", c.execute("select replicated_last_error()").fetchone()[0])
     wrote = sum(int(l.split()[1]) for l in lines if l.startswith("wrote "))
     assert wrote > 200 and any(l.startswith("checkpoints ") for l in lines), p.stdout
     assert "ok" in run_shell(shell_prelude(uri) + "pragma integrity_check;\n").stdout
+
+
+def test_restoring_a_backup_into_a_replicated_database(tmp_path):
+    """The backup API writing into a replicated database (the shell's `.restore`): the copy is one
+    write transaction through the pager, captured and committed like any other, and survives a
+    restart; a source whose page size differs is refused by SQLite (a WAL database cannot change
+    its page size) and leaves the database as it was."""
+    src, odd = tmp_path / "src.db", tmp_path / "odd.db"
+    subprocess.run(["sqlite3", str(src), "create table s(a, b); create index si on s(a);"
+                    "insert into s select value, randomblob(300) from generate_series(1, 3000);"], check=True)
+    subprocess.run(["sqlite3", str(odd), "pragma page_size=8192; create table o(x); insert into o values(1);"],
+                   check=True)
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    p = run_shell(shell_prelude(uri) + "create table before(x);\n"
+                  f".restore {src}\nselect count(*), sum(length(b)) from s;\n", check=False)
+    assert p.stdout.split() == ["3000|900000"], p.stdout + p.stderr
+    p = run_shell(shell_prelude(uri) + f".restore {odd}\n", check=False)
+    assert "readonly" in p.stderr, p.stdout + p.stderr  # SQLite's answer for a WAL database, plain or not
+    p = run_shell(shell_prelude(uri) + "select count(*), sum(length(b)) from s;\n"
+                  "select group_concat(name) from sqlite_master;\npragma integrity_check;\n")
+    assert p.stdout.split() == ["3000|900000", "s,si", "ok"], p.stdout
