@@ -519,3 +519,20 @@ def test_restoring_a_backup_into_a_replicated_database(tmp_path):
     p = run_shell(shell_prelude(uri) + "select count(*), sum(length(b)) from s;\n"
                   "select group_concat(name) from sqlite_master;\npragma integrity_check;\n")
     assert p.stdout.split() == ["3000|900000", "s,si", "ok"], p.stdout
+
+
+def test_two_replicated_databases_attached_to_one_connection(tmp_path):
+    """ATTACH of a second replicated database: two nodes in one process, one per database. A
+    transaction that writes both commits on both (each one atomically; SQLite in WAL mode is not
+    atomic across attached databases, replicated or not) and both survive a restart."""
+    a = repl_uri(tmp_path / "a.db", data=tmp_path / "ra")
+    b = repl_uri(tmp_path / "b.db", data=tmp_path / "rb")
+    p = run_shell(shell_prelude(a) + f"attach '{b}' as b;\n"
+                  "create table main.t(x); create table b.u(y);\n"
+                  "begin; insert into main.t values(1); insert into b.u values(2); commit;\n"
+                  "select json_extract(replicated_status(), '$.role');\n")
+    assert p.stdout.split() == ["leader"], p.stdout + p.stderr
+    p = run_shell(shell_prelude(b) + f"attach '{a}' as a;\n"
+                  "select (select group_concat(x) from a.t), (select group_concat(y) from main.u);\n"
+                  "pragma a.integrity_check;\npragma main.integrity_check;\n")
+    assert p.stdout.split() == ["1|2", "ok", "ok"], p.stdout + p.stderr
