@@ -530,8 +530,8 @@ def test_two_replicated_databases_attached_to_one_connection(tmp_path):
     p = run_shell(shell_prelude(a) + f"attach '{b}' as b;\n"
                   "create table main.t(x); create table b.u(y);\n"
                   "begin; insert into main.t values(1); insert into b.u values(2); commit;\n"
-                  "select json_extract(replicated_status(), '$.role');\n")
-    assert p.stdout.split() == ["leader"], p.stdout + p.stderr
+                  "select json_extract(replicated_status(), '$.role'), json_extract(replicated_status('b'), '$.db');\n")
+    assert p.stdout.split() == [f"leader|{tmp_path / 'b.db'}"], p.stdout + p.stderr
     p = run_shell(shell_prelude(b) + f"attach '{a}' as a;\n"
                   "select (select group_concat(x) from a.t), (select group_concat(y) from main.u);\n"
                   "pragma a.integrity_check;\npragma main.integrity_check;\n")
