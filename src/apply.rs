@@ -896,10 +896,8 @@ impl Conn {
                     "snapshot: this node cannot apply the log (poisoned): no snapshot until it restarts".into(),
                 );
             }
-            if let Err(why) = db.check_wal_end(|| Some((hdr_salt(&h), h[4])), false) {
-                db.poison(why.clone());
-                return Err(format!("snapshot: {why}"));
-            }
+            db.check_wal_end(|| Some((hdr_salt(&h), h[4])), false)
+                .map_err(|why| format!("snapshot: {why}"))?;
             let b = h[3].to_ne_bytes();
             let sz = u16::from_ne_bytes([b[2], b[3]]) as u32;
             let page_size = if sz == 1 { 65536 } else { sz };

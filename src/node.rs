@@ -1981,23 +1981,26 @@ impl Database {
     /// wal-index must still end where this node's last publication left it. Frames past that end
     /// were written by a process that opened the database without the replicated VFS. They are
     /// on no other node; a page image built on them would carry part of them to the followers,
-    /// and a checkpoint would make them permanent. Err(reason): the caller writes nothing and the
-    /// node is poisoned; a restart's reconciliation cuts the WAL back to the last replicated
-    /// transaction. Always fine: an empty WAL (a checkpoint restarted it after backfilling
-    /// everything), the first check after a start (reconciliation made the WAL agree with the
-    /// log), and a check while this node is publishing (the end is moving; the next check
-    /// decides). `adopt`: a writer's check, whose end becomes the noted one.
+    /// and a checkpoint would make them permanent. Err(reason): this check has poisoned the node
+    /// and the caller writes nothing; a restart's reconciliation cuts the WAL back to the last
+    /// replicated transaction. Always fine: an empty WAL (a checkpoint restarted it after
+    /// backfilling everything), the first check after a start (reconciliation made the WAL agree
+    /// with the log), and a check while this node is publishing (the end is moving; the next
+    /// check decides). `adopt`: a writer's check, whose end becomes the noted one.
     ///
     /// `read` reads the wal-index's `(salt, mxFrame)`, or None when there is no header to check
     /// (SQLite's own read fails or recovers it). It runs under the same mutex as
     /// `begin_publication` and `note_wal_end`: a checkpoint holds no write lock, and a header read
     /// before a publication compared with the end noted after it would look foreign.
     pub fn check_wal_end(&self, read: impl FnOnce() -> Option<([u8; 8], u32)>, adopt: bool) -> Result<(), String> {
-        let mut w = self.wal_end.lock();
-        match read() {
-            Some((salt, mx)) => w.check(salt, mx, adopt),
-            None => Ok(()),
-        }
+        let checked = {
+            let mut w = self.wal_end.lock();
+            match read() {
+                Some((salt, mx)) => w.check(salt, mx, adopt),
+                None => Ok(()),
+            }
+        };
+        checked.inspect_err(|why| self.poison(why.clone()))
     }
 
     pub fn is_poisoned(&self) -> bool {

@@ -1475,10 +1475,7 @@ def test_a_node_holding_frames_it_did_not_write_snapshots_none_of_them(cluster):
     """A follower poisoned by a foreign write keeps deciding entries, so its snapshot policy keeps
     firing: an image built now would carry the foreign rows under a log id, outlive the restart
     that cuts them from the WAL, and reach other nodes. No image may hold them."""
-    c = cluster(3)
-    for n in c.nodes.values():
-        n.kill()
-        n.start(env=SNAP_ENV)
+    c = cluster(3, env=SNAP_ENV)
     c.write("create table t(id integer primary key, v text)")
     c.sync_all()
     f = c.followers()[0]
@@ -1490,7 +1487,7 @@ def test_a_node_holding_frames_it_did_not_write_snapshots_none_of_them(cluster):
     snaps = list((f.db.parent / "app.db-raft" / "snapshots").glob("*"))
     assert not [s for s in snaps if b"foreign-in-snapshot" in s.read_bytes()], snaps
     f.kill()
-    f.start(env=SNAP_ENV)
+    f.start()
     c.sync_all()
     rows = {n.id: n.one("select count(*) from t where v = 'foreign-in-snapshot'") for n in c.alive()}
     assert set(rows.values()) == {0}, rows

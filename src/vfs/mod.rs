@@ -643,9 +643,7 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
                         // Nor may it copy frames this node did not write (check_wal_end).
                         if st.checkpoint_refused.is_none() {
                             let real = st.real;
-                            let read = || capture::read_shm_header(real).ok().map(|h| (h.salt, h.mx_frame));
-                            if let Err(why) = db.check_wal_end(read, false) {
-                                db.poison(why.clone());
+                            if let Err(why) = db.check_wal_end(|| shm_end(real), false) {
                                 st.checkpoint_refused = Some(format!("replicated: {why}"));
                             }
                         }
@@ -758,12 +756,17 @@ unsafe fn check_wal_end(st: &MainState) -> Result<(), c_int> {
     let Some(db) = st.db.as_ref() else {
         return Ok(());
     };
-    let read = || capture::read_shm_header(st.real).ok().map(|h| (h.salt, h.mx_frame));
-    db.check_wal_end(read, true).map_err(|why| {
-        db.poison(why.clone());
+    db.check_wal_end(|| shm_end(st.real), true).map_err(|why| {
         report(st, crate::node::IOERR_REPLICATION, &format!("replicated: {why}"));
         crate::node::IOERR_REPLICATION
     })
+}
+/// The wal-index's `(salt, mxFrame)` as `Database::check_wal_end` reads it; None without a map.
+///
+/// # Safety
+/// `real` must be an open main-database file of the wrapped VFS.
+unsafe fn shm_end(real: *mut ffi::sqlite3_file) -> Option<([u8; 8], u32)> {
+    capture::read_shm_header(real).ok().map(|h| (h.salt, h.mx_frame))
 }
 unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
     guard((), || {
