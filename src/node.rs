@@ -1000,7 +1000,7 @@ impl Database {
         );
         let cap = crate::vfs::capture::Captured::whole_file(ps, n_pages);
         let read = |off: u64, buf: &mut [u8]| std::os::unix::fs::FileExt::read_exact_at(&file, buf, off).is_ok();
-        let (log_id, _) = self.commit(cap, read).map_err(|w| e("committing", w.msg))?;
+        let (log_id, _) = self.commit(cap, read, || Ok(())).map_err(|w| e("committing", w.msg))?;
         // The database file holds exactly this state (there is no WAL: absorb_existing_wal).
         self.sm
             .store
@@ -1251,6 +1251,7 @@ impl Database {
         &self,
         mut cap: Captured,
         mut read_at: impl FnMut(u64, &mut [u8]) -> bool,
+        before_wait: impl FnOnce() -> Result<(), String>,
     ) -> Result<(crate::raft::types::LogId, u64), WriteError> {
         let fail = |e: std::io::Error| WriteError::new(IOERR_REPLICATION, e.to_string());
         failpoint::hit("commit.before_propose").map_err(fail)?;
@@ -1356,6 +1357,9 @@ impl Database {
             }
         }
         drop(more);
+        // The caller's share of the commit, done while Raft makes the entries durable (the VFS
+        // writes the frames to the WAL file: vfs/wal_buffer.rs).
+        let overlapped = before_wait();
         // While a one-part commit is fast, polling costs less than being woken (runtime.rs).
         let decided = crate::runtime::await_decision(&pending, || {
             let mut s = pending.state.lock();
@@ -1386,6 +1390,13 @@ impl Database {
                 ))
             }
         };
+        if let Err(e) = overlapped {
+            // Raft committed it, but SQLite cannot publish it here: restart replays it.
+            self.poison(format!(
+                "log entry {index} was committed in the cluster, but {e}; restart this node to replay it"
+            ));
+            return Err(WriteError::new(IOERR_REPLICATION, format!("replicated: {e}")));
+        }
         failpoint::hit("commit.after_quorum").map_err(fail)?;
         if cap.is_whole_file() {
             // Nothing in the WAL: the caller (import_existing) records where the state is.

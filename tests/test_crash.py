@@ -132,28 +132,51 @@ def wal_has_row_marker(db_path, marker: bytes) -> bool:
     return os.path.exists(wal) and marker in open(wal, "rb").read()
 
 
-@pytest.mark.parametrize("point", ["commit.before_propose"])
-def test_killed_while_commit_waits_never_shows_it(tmp_path, point):
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_killed_while_commit_waits_never_shows_it(tmp_path, size):
+    """Killed before its transaction reached Raft. A small transaction's frames are still in the
+    connection's write-behind buffer (vfs/wal_buffer.rs): they never reach the WAL. A large one's
+    overflow the buffer: the whole transaction is in the WAL, valid, with a commit frame, and
+    SQLite's own recovery would bring it back; the restart's reconciliation must not."""
+    point = "commit.before_propose"
     db = tmp_path / "app.db"
     uri = repl_uri(db, data=tmp_path / "raft")
     run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
     marker = b"PHANTOM-" + os.urandom(8).hex().encode()
+    value = f"{marker.decode()!r}" if size == "small" else f"{marker.decode()!r} || randomblob(3 << 20)"
     script = (f"import sqlite3,sys\nb=sqlite3.connect(':memory:');b.enable_load_extension(True);b.load_extension({str(LIB)!r})\n"
               f"c=sqlite3.connect({uri!r},uri=True,isolation_level=None)\nprint('go',flush=True)\n"
-              f"c.execute('insert into acked values(2, ?)', ({marker.decode()!r},))\nprint('acked',flush=True)\n")
+              f"c.execute('insert into acked select 2, ' + {value!r})\nprint('acked',flush=True)\n")
     p = subprocess.Popen([HOST_PY, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "REPLICATED_FAILPOINTS": f"{point}=pause"}, start_new_session=True)
     assert p.stdout.readline().strip() == "go"
-    deadline = time.time() + 20
-    while not wal_has_row_marker(db, marker) and time.time() < deadline:
-        time.sleep(0.05)
+    line = ""
+    while "failpoint" not in line and p.poll() is None:
+        line = p.stderr.readline()
+    assert f"failpoint {point}: pause" in line, line + p.stderr.read()
     time.sleep(0.2)
     assert p.poll() is None, p.stderr.read()
-    # The whole transaction is in the WAL, valid, with a commit frame: SQLite would recover it.
-    assert wal_has_row_marker(db, marker)
+    assert wal_has_row_marker(db, marker) == (size == "large")
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert read_state(uri) == {1}
+
+
+def test_a_commit_whose_frames_cannot_reach_the_wal_is_replayed_at_restart(tmp_path):
+    """The frames go to the WAL file while Raft commits the transaction (write-behind). When that
+    write fails after Raft committed, the commit reports an error and the node stops accepting
+    writes; the restart replays the transaction from the log (it was committed: one voter)."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
+    p = run_shell(shell_prelude(uri) + "insert into acked values(2,'b');\nselect replicated_last_error();\n"
+                  "insert into acked values(3,'c');\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": "wal.write_out=error"})
+    assert "disk I/O error" in p.stderr, p.stderr
+    assert "writing the transaction's frames to the WAL failed" in p.stdout, p.stdout
+    assert "restart this node" in p.stderr, p.stderr
+    assert read_state(uri) == {1, 2}
+    run_shell(shell_prelude(uri) + "insert into acked values(3,'c');\n")
+    assert read_state(uri) == {1, 2, 3}
 
 
 @pytest.mark.parametrize("point,visible", [

@@ -2,11 +2,13 @@
 //!
 //! At the commit `xSync` the whole transaction, with final checksums, is in the `-wal` file and
 //! nothing of it is published: the wal-index header (copy [0]) still shows the previous commit.
-//! So the transaction is frames `mxFrame+1 ..= first commit frame`, read back through the wrapped
-//! file (they are in the OS cache). We verify the salts and the checksum chain exactly as recovery
-//! would, keep the last image of each page, and drop pages above the commit's database size.
-//! Rebuilding the transaction from the `xWrite` stream would be fragile: cache spills rewrite
-//! frames in place and `walRewriteChecksums` rewrites headers.
+//! So the transaction is frames `mxFrame+1 ..= first commit frame`, read back as SQLite would read
+//! the file: from the connection's write-behind buffer where it holds them (`wal_buffer.rs`: a
+//! byte-exact image of what SQLite wrote, not yet in the file), else through the wrapped file (the
+//! OS cache). We verify the salts and the checksum chain exactly as recovery would, keep the last
+//! image of each page, and drop pages above the commit's database size. Rebuilding the
+//! transaction from the sequence of `xWrite` calls would be fragile: cache spills rewrite frames
+//! in place and `walRewriteChecksums` rewrites headers; reading the bytes they left is not.
 //!
 //! Reads: pass 1 reads up to READ_AHEAD_BYTES of frames per call when it knows where the commit
 //! frame is (`commit_hint`: the VFS notes where SQLite wrote the commit frame's header), so a
@@ -81,6 +83,11 @@ impl Captured {
             hdr: WalHeader::new(page_size, 0, [0; 8]),
             body: Body::File { n_pages },
         }
+    }
+
+    /// `take_part` reads this transaction's frames from the WAL again (it was too large to keep).
+    pub fn reads_wal_again(&self) -> bool {
+        matches!(self.body, Body::Streamed { .. })
     }
 
     /// Made by `whole_file` (not from the WAL).
@@ -223,13 +230,11 @@ pub unsafe fn read_at(f: *mut ffi::sqlite3_file, off: u64, buf: &mut [u8]) -> bo
 /// Called at the commit sync, with the WAL write lock held by this connection.
 pub unsafe fn capture(
     main: *mut ffi::sqlite3_file,
-    wal: *mut ffi::sqlite3_file,
     commit_hint: Option<u64>,
+    read_wal: impl FnMut(u64, &mut [u8]) -> bool,
 ) -> Result<Captured, CaptureError> {
     let shm = read_shm_header(main)?;
-    capture_with(&shm, INLINE_BYTES, MAX_TXN_FRAMES, commit_hint, |off, buf| {
-        read_at(wal, off, buf)
-    })
+    capture_with(&shm, INLINE_BYTES, MAX_TXN_FRAMES, commit_hint, read_wal)
 }
 
 /// The pure part of `capture`: given the published wal-index header and a way to read the WAL

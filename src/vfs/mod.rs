@@ -22,12 +22,15 @@
 //!    synchronous below FULL.
 //! 5. *WAL generations*: a WAL header written at offset 0, a WAL truncated to 0 or deleted means
 //!    every earlier frame is in the database file; the node records that (the checkpoint marker).
+//! 6. *Write-behind* (`wal_buffer.rs`): a write transaction's frames stay in the connection's
+//!    memory until its commit, which writes them to the file while Raft makes them durable.
 //!
 //! Must never: panic across the FFI boundary (every entry is wrapped in `ffi::guard`), take file
 //! locks of its own on SQLite's files, or block inside xShmBarrier or a lock release.
 
 pub mod capture;
 pub mod locks;
+pub mod wal_buffer;
 
 use crate::ffi::{cstr, guard, sqlite_log, sqlite_string};
 use crate::node::{Database, WriteError};
@@ -37,6 +40,7 @@ use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
+use wal_buffer::WalBuffer;
 
 pub const VFS_NAME: &CStr = c"replicated";
 
@@ -69,6 +73,12 @@ pub struct MainState {
     /// that describe its frames could not be made durable (CKPT_START). SQLite ignores the answer
     /// to that hint, so the checkpoint's first write fails instead, before any page is copied.
     checkpoint_refused: Option<String>,
+    /// The wrapped `-wal` file of this connection while it is open (null otherwise).
+    wal: *mut ffi::sqlite3_file,
+    /// This connection's write transaction's frames not yet in the WAL file (wal_buffer.rs).
+    wal_buf: WalBuffer,
+    /// WAL writes go to `wal_buf`: from a write transaction's start to its commit sync.
+    buffering: bool,
 }
 
 #[repr(C)]
@@ -236,6 +246,9 @@ unsafe extern "C" fn v_open(
                 real: (*rf).real,
                 last_error: Mutex::new(None),
                 checkpoint_refused: None,
+                wal: ptr::null_mut(),
+                wal_buf: WalBuffer::default(),
+                buffering: false,
             }));
         }
         let rc = x_open(os, z_name, (*rf).real, flags, out_flags);
@@ -253,6 +266,9 @@ unsafe extern "C" fn v_open(
                 let dbf = ffi::sqlite3_database_file_object(z_name);
                 if !dbf.is_null() && std::ptr::eq((*dbf).pMethods, &IO_METHODS) {
                     (*rf).main = (*(dbf as *mut ReplFile)).main;
+                    if !(*rf).main.is_null() {
+                        (*(*rf).main).wal = (*rf).real;
+                    }
                 }
             }
             Kind::Other => {}
@@ -383,6 +399,13 @@ unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     guard(ffi::SQLITE_IOERR_CLOSE, || {
         let rf = f as *mut ReplFile;
         let r = (*rf).real;
+        if (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
+            // Empty unless a transaction was cut short: its frames were never published.
+            let st = &mut *(*rf).main;
+            st.wal_buf.clear();
+            st.buffering = false;
+            st.wal = ptr::null_mut();
+        }
         let rc = if !(*r).pMethods.is_null() {
             forward!(f, xClose, ffi::SQLITE_OK)
         } else {
@@ -400,6 +423,20 @@ unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_in
     guard(ffi::SQLITE_IOERR_READ, || {
         // Reads stay allowed on a misconfigured handle: opening reads the header, and the open must
         // succeed for the per-connection init to report the configuration error by name.
+        if let Some(st) = wal_state(f) {
+            if !st.wal_buf.is_empty() && n > 0 && off >= 0 {
+                let out = std::slice::from_raw_parts_mut(buf as *mut u8, n as usize);
+                if st.wal_buf.read(off as u64, out) {
+                    return ffi::SQLITE_OK;
+                }
+                if st.wal_buf.overlaps(off as u64, out.len()) {
+                    let rc = write_out(st);
+                    if rc != ffi::SQLITE_OK {
+                        return rc;
+                    }
+                }
+            }
+        }
         forward!(f, xRead, ffi::SQLITE_IOERR_READ, buf, n, off)
     })
 }
@@ -434,6 +471,25 @@ unsafe extern "C" fn x_write(
                     }
                 }
             }
+            if st.buffering && off >= crate::wal::frames::WAL_HDR as i64 && n > 0 {
+                let data = std::slice::from_raw_parts(buf as *const u8, n as usize);
+                if st.wal_buf.absorb(off as u64, data) {
+                    return ffi::SQLITE_OK;
+                }
+                let rc = write_out(st);
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
+                if st.wal_buf.absorb(off as u64, data) {
+                    return ffi::SQLITE_OK;
+                }
+                // Larger than the buffer's bound: written through, below.
+            } else {
+                let rc = write_out(st);
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
+            }
         }
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() && (*(*rf).main).checkpoint_refused.is_some() {
             return ffi::SQLITE_IOERR_WRITE; // logged at CKPT_START
@@ -453,6 +509,12 @@ unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: ffi::sqlite3_in
         let rf = f as *mut ReplFile;
         if broken(f) {
             return ffi::SQLITE_CANTOPEN;
+        }
+        if let Some(st) = wal_state(f) {
+            let rc = write_out(st);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
         }
         if (*rf).kind == Kind::Wal && size == 0 && !(*rf).main.is_null() {
             let st = &*(*rf).main;
@@ -481,6 +543,10 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
                     return commit_sync(st, &db, (*rf).real);
                 }
             }
+            let rc = write_out(st);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
         }
         forward!(f, xSync, ffi::SQLITE_IOERR_FSYNC, flags)
     })
@@ -488,14 +554,39 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 
 /// The commit path: capture → replicate → return. See the module comment.
 unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_file) -> c_int {
+    // What SQLite writes after this sync (padding frames) is published without another call into
+    // the VFS: it goes straight to the file.
+    st.buffering = false;
+    let hint = st.commit_hint.take();
+    let buffered = &mut st.wal_buf;
     let captured = crate::failpoint::hit("capture.start")
         .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
-        .and_then(|()| capture::capture(st.real, wal, st.commit_hint.take()));
+        .and_then(|()| {
+            capture::capture(st.real, hint, |off, out| {
+                buffered.read(off, out)
+                    || ((!buffered.overlaps(off, out.len()) || write_buffer(buffered, wal).is_ok())
+                        && capture::read_at(wal, off, out))
+            })
+        });
     let result = match captured {
+        // A transaction too large to keep in memory is read again, part by part, while it is
+        // proposed: from the file, so all of it goes there first.
+        Ok(cap) if cap.reads_wal_again() && write_buffer(&mut st.wal_buf, wal).is_err() => Err(WriteError::io(
+            ffi::SQLITE_IOERR_WRITE,
+            "replicated: writing the transaction's frames to the WAL failed".into(),
+        )),
         // A panic in here is caught at once, not by `guard`: the tail must still be invalidated,
         // and a pending commit left waiting would be claimed by a committer that is gone.
         Ok(cap) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            db.commit(cap, |off, buf| capture::read_at(wal, off, buf))
+            // The frames reach the WAL file while Raft makes the transaction durable.
+            db.commit(
+                cap,
+                |off, buf| capture::read_at(wal, off, buf),
+                || {
+                    write_buffer(&mut st.wal_buf, wal)
+                        .map_err(|rc| format!("writing the transaction's frames to the WAL failed ({rc})"))
+                },
+            )
         }))
         .unwrap_or_else(|_| Err(db.commit_panicked())),
         Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
@@ -508,6 +599,8 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
             ffi::SQLITE_OK
         }
         Err(e) => {
+            // Never published: whatever is still buffered is dropped.
+            st.wal_buf.clear();
             // Invalidate first, then report: a crash after this point must not resurrect it.
             // Where the tail starts must be known: a guess could zero a published frame, and
             // SQLite's next recovery would then drop every frame after it.
@@ -532,6 +625,55 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
     }
 }
 
+/// The main state behind a `-wal` handle of a replicated connection.
+unsafe fn wal_state<'a>(f: *mut ffi::sqlite3_file) -> Option<&'a mut MainState> {
+    let rf = f as *mut ReplFile;
+    if (*rf).kind == Kind::Wal && !(*rf).main.is_null() {
+        Some(&mut *(*rf).main)
+    } else {
+        None
+    }
+}
+
+/// Bytes per write call when the buffer goes to the WAL file.
+const WRITE_CHUNK: usize = 64 << 10;
+
+/// Writes `buffered` to the WAL file `wal` (wal_buffer.rs); the buffer is empty afterwards.
+unsafe fn write_buffer(buffered: &mut WalBuffer, wal: *mut ffi::sqlite3_file) -> Result<(), c_int> {
+    buffered.write_out(|off, bytes| {
+        crate::failpoint::hit("wal.write_out").map_err(|_| ffi::SQLITE_IOERR_WRITE)?;
+        if wal.is_null() {
+            return Err(ffi::SQLITE_IOERR_WRITE);
+        }
+        let Some(write) = (*(*wal).pMethods).xWrite else {
+            return Err(ffi::SQLITE_IOERR_WRITE);
+        };
+        // The unix VFS writes less than 128 KiB per call (it masks larger sizes).
+        for (i, chunk) in bytes.chunks(WRITE_CHUNK).enumerate() {
+            let at = off + (i * WRITE_CHUNK) as u64;
+            let at = ffi::sqlite3_int64::try_from(at).map_err(|_| ffi::SQLITE_IOERR_WRITE)?;
+            match write(wal, chunk.as_ptr() as *const c_void, chunk.len() as c_int, at) {
+                ffi::SQLITE_OK => {}
+                rc => return Err(rc),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `write_buffer` for an operation about to touch the WAL file. A failure fails that operation
+/// and with it the transaction, whose commit frame (if written) then is no commit that bypassed
+/// the hook (the tripwire in `x_shm_lock`).
+unsafe fn write_out(st: &mut MainState) -> c_int {
+    match write_buffer(&mut st.wal_buf, st.wal) {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(rc) => {
+            st.commit_pending = false;
+            rc
+        }
+    }
+}
+
 fn report(st: &MainState, code: c_int, msg: &str) {
     sqlite_log(code, msg);
     tracing::warn!("{msg}");
@@ -540,6 +682,12 @@ fn report(st: &MainState, code: c_int, msg: &str) {
 
 unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, out: *mut ffi::sqlite3_int64) -> c_int {
     guard(ffi::SQLITE_IOERR_FSTAT, || {
+        if let Some(st) = wal_state(f) {
+            let rc = write_out(st);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
         forward!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, out)
     })
 }
@@ -622,6 +770,12 @@ fn synchronous_level(v: &str) -> u8 {
 unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     guard(ffi::SQLITE_ERROR, || {
         let rf = f as *mut ReplFile;
+        if let Some(st) = wal_state(f) {
+            let rc = write_out(st);
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+        }
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
             match op {
                 ffi::SQLITE_FCNTL_PRAGMA => {
@@ -725,6 +879,14 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
                 }
             }
         }
+        if !lock && excl && offset == 0 {
+            // Normally empty: the commit wrote the buffer out. Frames of a transaction that
+            // rolled back are never published; they reach the file as they would have anyway.
+            st.buffering = false;
+            if write_out(st) != ffi::SQLITE_OK {
+                tracing::warn!("replicated: writing an unpublished transaction's frames to the WAL failed");
+            }
+        }
         let rc = forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
         if rc == ffi::SQLITE_OK && write_start {
             if let Err(code) = check_wal_end(st) {
@@ -732,6 +894,7 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
                 forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, unlock);
                 return code;
             }
+            st.buffering = st.db.is_some() && !st.wal.is_null();
         }
         if rc == ffi::SQLITE_OK {
             st.locks.record(offset, n, lock, excl);
