@@ -24,7 +24,7 @@
 //!    snapshot image is exempt: it rewrites every page, so it replaces them (and clears the poison).
 //! 3. If every frame is backfilled (nBackfill == mxFrame > 0) and READ_LOCK(1..4) can be taken,
 //!    restart the WAL: salt-1 + 1, a new salt-2, mxFrame 0, publish, reset the checkpoint info.
-//! 4. On an empty WAL write a new WAL header (and sync it: it must be on disk before any frame).
+//! 4. On an empty WAL write a new WAL header (not synced: see below).
 //! 5. Write the frames after mxFrame with this node's salts and checksum chain; the last one
 //!    carries the database size.
 //! 6. Append the hash entries (clearing stale ones left by an abandoned writer, as SQLite does).
@@ -33,8 +33,9 @@
 //!    process and in others keep their snapshots, new readers see the transaction.
 //! 8. Release WAL_WRITE_LOCK.
 //!
-//! The WAL is not synced at commit (the Raft log, already durable, can rebuild it; see
-//! reconcile.rs); SQLite syncs it before any checkpoint copies frames into the database file.
+//! The WAL is never synced, neither at commit nor before a checkpoint copies its frames (the Raft
+//! log, already durable, rebuilds what a power loss takes: vfs/mod.rs x_sync, raft/applied.rs,
+//! reconcile.rs); only an installed snapshot is, as its entries may be purged from the log.
 //! Followers never auto-checkpoint (SQLite's WAL hook fires only for its own commits), so the
 //! applier runs a PASSIVE checkpoint once the WAL holds CHECKPOINT_FRAMES frames; the next apply
 //! then restarts the WAL (step 3).
@@ -764,12 +765,6 @@ impl Conn {
             let wh = WalHeader::new(ps, seq, salt);
             let mut b = wh.encode();
             self.wal_io(true, b.as_mut_ptr(), WAL_HDR, 0).map_err(Some)?;
-            if let Some(sync) = (*(*self.wal).pMethods).xSync {
-                let rc = sync(self.wal, ffi::SQLITE_SYNC_NORMAL);
-                if rc != ffi::SQLITE_OK {
-                    return Err(Some(format!("applier: syncing the WAL header failed ({rc})")));
-                }
-            }
             h[8] = u32::from_ne_bytes([salt[0], salt[1], salt[2], salt[3]]);
             h[9] = u32::from_ne_bytes([salt[4], salt[5], salt[6], salt[7]]);
             // isInit (u8), bigEndCksum (u8), szPage (u16; 65536 is stored as 1), in memory order.
@@ -962,13 +957,9 @@ impl Conn {
             stored.last_txn,
         )?;
         // Durable now: after a restart the install must be found even if the log before it is gone.
-        unsafe {
-            if let Some(sync) = (*(*self.wal).pMethods).xSync {
-                let rc = sync(self.wal, ffi::SQLITE_SYNC_NORMAL);
-                if rc != ffi::SQLITE_OK {
-                    return Err(format!("syncing the WAL after a snapshot install failed ({rc})"));
-                }
-            }
+        let rc = unsafe { crate::vfs::sync_underlying(self.wal, ffi::SQLITE_SYNC_NORMAL) };
+        if rc != ffi::SQLITE_OK {
+            return Err(format!("syncing the WAL after a snapshot install failed ({rc})"));
         }
         db.sync_records()
     }

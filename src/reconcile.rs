@@ -13,7 +13,11 @@
 //! 3. Replay committed entries after that point, appending frames to the WAL with this node's
 //!    salts and checksum chain, and recording each. "Committed" = the persisted commit index, or
 //!    every durable entry when this node is the only voter (an entry of a one-voter cluster is
-//!    committed the moment it is durable). Entries are full page images: replay is idempotent.
+//!    committed the moment it is durable), and at least up to the newest durable record (a record
+//!    is written only once its entry is committed). The WAL is never fsynced, so after a power
+//!    loss the database file may hold pages of transactions whose frames are gone; each of them
+//!    has a durable record (raft/applied.rs), so this replay rewrites every such page. Entries
+//!    are full page images: replay is idempotent.
 //!
 //! Never: replay past the known commit index (a follower's uncommitted tail may be truncated by a
 //! new leader), or keep WAL frames that no record vouches for.
@@ -421,6 +425,9 @@ pub fn reconcile(
             committed = Some(last);
         }
     }
+    // A record proves its entry committed; the newest durable one may lie beyond a persisted
+    // commit index that lagged (see step 3 above).
+    committed = committed.max(loaded.records.iter().map(|r| r.index).max());
     let mut replayed = 0u64;
     if let Some(end) = committed {
         let mut i = start;

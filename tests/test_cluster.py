@@ -150,6 +150,42 @@ def test_full_cluster_kill_and_restart(cluster):
     assert len({n.one("select count(*) from acked") for n in c.alive()}) == 1
 
 
+def test_a_follower_that_lost_its_unsynced_wal_replays_to_its_newest_record(cluster):
+    """No node fsyncs its WAL (the Raft log holds the frames); the applied-state records are
+    synced before a checkpoint copies frames into the database file. A power loss is modelled
+    after kill -9: the follower's WAL and wal-index are deleted (every WAL write lost) and its
+    persisted commit index is deleted (it may lag). Its database file holds the checkpointed
+    state. Restarted while the other nodes are down (nothing can reach it from a leader), it
+    must be at that state: its applied index where its newest record says, not at the last
+    checkpoint marker (from where the leader would later re-apply entries over newer pages).
+    Then the cluster converges."""
+    c = cluster(3)
+    c.leader().sql("create table acked(id integer primary key, v)")
+    for i in range(200):
+        c.write("insert into acked values(?, randomblob(300))", i)
+    c.sync_all()
+    f = c.followers()[0]
+    busy, log_frames, copied = f.sql("pragma wal_checkpoint(full)")[0]
+    assert busy == 0 and copied == log_frames > 0
+    applied = f.status()["applied_index"]
+    for n in c.nodes.values():
+        n.kill()
+    for name in ("app.db-wal", "app.db-shm", "app.db-raft/log/committed"):
+        (f.db.parent / name).unlink()
+    f.start()
+    assert f.one("select count(*) from acked") == 200
+    assert f.one("pragma integrity_check") == "ok"
+    assert f.status()["applied_index"] == applied
+    for n in c.nodes.values():
+        if n is not f:
+            n.start()
+    c.leader(timeout=20)
+    c.write("insert into acked values(1000, 'x')")
+    c.sync_all()
+    assert {n.one("select count(*) from acked") for n in c.alive()} == {201}
+    assert len(set(c.checkpoint_and_hash().values())) == 1
+
+
 def restart_after_failpoint_crash(node, timeout=10):
     """Waits for `node`'s failpoint to kill it (the test fails if it does not), then restarts it
     without failpoints."""

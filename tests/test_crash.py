@@ -196,6 +196,22 @@ def test_crash_at_each_commit_step(tmp_path, point, visible):
     assert read_state(uri) == ({1, 2, 3} if visible else {1, 3})
 
 
+def test_no_checkpoint_copies_a_transaction_whose_record_was_not_written(tmp_path):
+    """The WAL is never fsynced; what a checkpoint copies into the database file must be covered by
+    a durable applied-state record, from which a restart after a power loss knows how far to
+    replay. When a record cannot be written, the commit still succeeds (Raft committed it), but
+    every checkpoint of that WAL generation is refused; the restart replays the transaction."""
+    uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")
+    run_shell(shell_prelude(uri) + "create table acked(id integer primary key, pad); insert into acked values(1,'a');\n")
+    p = run_shell(shell_prelude(uri) + "insert into acked values(2,'b');\nselect 'inserted';\n"
+                  "pragma wal_checkpoint(truncate);\nselect 'checkpointed';\n", check=False,
+                  env={**os.environ, "REPLICATED_FAILPOINTS": "record.append=error"})
+    out = p.stdout.split()
+    assert out[0] == "inserted" and out[1] == "checkpointed", p.stdout + p.stderr  # no checkpoint result row
+    assert "disk I/O error" in p.stderr, p.stderr
+    assert read_state(uri) == {1, 2}
+
+
 @pytest.mark.parametrize("point", ["reconcile.after_cut", "reconcile.replay_entry", "reconcile.after_replay"])
 def test_crash_during_reconcile(tmp_path, point):
     uri = repl_uri(tmp_path / "app.db", data=tmp_path / "raft")

@@ -15,9 +15,15 @@
 //! Why records are *not* fsynced per commit: a record is written only after its entry is
 //! committed in Raft (on the leader after the quorum ack, on followers at apply), so a record that
 //! survives proves the commit; a record lost to power failure only makes reconciliation start from
-//! an earlier point and replay more (entries are full page images: replay is idempotent). Records
-//! are made durable before a checkpoint copies frames into the database file (`sync`), which is
-//! what keeps a partly backfilled database file covered by a record whose frames survive.
+//! an earlier point and replay more (entries are full page images: replay is idempotent).
+//!
+//! Records are made durable before a checkpoint copies frames into the database file (`sync`,
+//! at CKPT_START). The WAL itself is never fsynced (vfs/mod.rs, x_sync: the log holds every
+//! frame), so after a power loss the database file may hold pages of transactions whose frames
+//! are gone from the WAL: every one of them has a durable record, and reconciliation replays up
+//! to the newest durable record at least (reconcile.rs), which rewrites each of those pages.
+//! That is why a record that could not be written makes `sync` fail until the generation ends
+//! (the checkpoint is refused): its transaction must not reach the database file uncovered.
 //!
 //! The marker advances only when a WAL generation ends (header rewritten, WAL truncated to zero or
 //! deleted): at that point SQLite has backfilled and synced every frame. It is fsynced before the
@@ -112,7 +118,8 @@ pub struct Loaded {
 
 pub struct AppliedStore {
     dir: PathBuf,
-    records: Mutex<(File, u64)>,
+    /// The file, its length in whole records, and whether a record of this generation failed.
+    records: Mutex<(File, u64, bool)>,
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
@@ -164,7 +171,7 @@ impl AppliedStore {
         Ok((
             AppliedStore {
                 dir: dir.to_path_buf(),
-                records: Mutex::new((f, len)),
+                records: Mutex::new((f, len, false)),
             },
             Loaded {
                 records,
@@ -178,7 +185,11 @@ impl AppliedStore {
     pub fn append(&self, r: &Record) -> io::Result<()> {
         let mut g = self.records.lock();
         let off = g.1;
-        g.0.write_all_at(&r.encode(), off)?;
+        let written = crate::failpoint::hit("record.append").and_then(|()| g.0.write_all_at(&r.encode(), off));
+        if let Err(e) = written {
+            g.2 = true;
+            return Err(e);
+        }
         g.1 = off + RECORD_SIZE as u64;
         Ok(())
     }
@@ -190,11 +201,20 @@ impl AppliedStore {
         g.0.set_len(len)?;
         g.0.sync_data()?;
         g.1 = len;
+        // The records that failed belonged to the WAL behind this cut or to an ended generation.
+        g.2 = false;
         Ok(())
     }
 
+    /// Makes every record durable; fails while one of this generation could not be written.
     pub fn sync(&self) -> io::Result<()> {
-        self.records.lock().0.sync_data()
+        let g = self.records.lock();
+        if g.2 {
+            return Err(io::Error::other(
+                "an applied-state record of this WAL generation could not be written (restart the node)",
+            ));
+        }
+        g.0.sync_data()
     }
 
     /// Advances the marker (durably), then drops the records of the ended generation.
