@@ -14,7 +14,8 @@
 //!    salts and checksum chain, and recording each. "Committed" = the persisted commit index, or
 //!    every durable entry when this node is the only voter (an entry of a one-voter cluster is
 //!    committed the moment it is durable), and at least up to the newest durable record (a record
-//!    is written only once its entry is committed). The WAL is never fsynced, so after a power
+//!    is written only once its entry is committed; this bound is made durable as `replay-floor`
+//!    before records are trimmed). The WAL is never fsynced, so after a power
 //!    loss the database file may hold pages of transactions whose frames are gone; each of them
 //!    has a durable record (raft/applied.rs), so this replay rewrites every such page. Entries
 //!    are full page images: replay is idempotent.
@@ -278,6 +279,22 @@ pub fn reconcile(
             }
         }
     }
+    // How far the replay must go at least (step 3): the newest record after the one kept, whose
+    // pages a checkpoint may have copied into the database file although its frames are gone.
+    // (Records up to the kept one describe frames the kept WAL holds.) Made durable before the
+    // records are trimmed, with any floor an interrupted earlier reconciliation left, so that
+    // an interrupted replay still knows it at the next start.
+    let kept = found.as_ref().map_or(0, |(i, _, _)| i + 1);
+    let floor = loaded.records[kept..]
+        .iter()
+        .map(|r| r.index)
+        .max()
+        .max(loaded.replay_floor);
+    if let Some(f) = floor.filter(|f| Some(*f) != loaded.replay_floor) {
+        store
+            .set_replay_floor(f)
+            .map_err(|e| err("recording the replay floor", e))?;
+    }
     let (mut applied, mut last_txn, mut appender) = match found {
         Some((i, r, hdr)) => {
             let f = OpenOptions::new()
@@ -427,7 +444,7 @@ pub fn reconcile(
     }
     // A record proves its entry committed; the newest durable one may lie beyond a persisted
     // commit index that lagged (see step 3 above).
-    committed = committed.max(loaded.records.iter().map(|r| r.index).max());
+    committed = committed.max(floor);
     let mut replayed = 0u64;
     if let Some(end) = committed {
         let mut i = start;

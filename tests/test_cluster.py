@@ -157,8 +157,8 @@ def test_a_follower_that_lost_its_unsynced_wal_replays_to_its_newest_record(clus
     persisted commit index is deleted (it may lag). Its database file holds the checkpointed
     state. Restarted while the other nodes are down (nothing can reach it from a leader), it
     must be at that state: its applied index where its newest record says, not at the last
-    checkpoint marker (from where the leader would later re-apply entries over newer pages).
-    Then the cluster converges."""
+    checkpoint marker (from where the leader would later re-apply entries over newer pages),
+    also when its first restart dies halfway through the replay. Then the cluster converges."""
     c = cluster(3)
     c.leader().sql("create table acked(id integer primary key, v)")
     for i in range(200):
@@ -172,6 +172,10 @@ def test_a_follower_that_lost_its_unsynced_wal_replays_to_its_newest_record(clus
         n.kill()
     for name in ("app.db-wal", "app.db-shm", "app.db-raft/log/committed"):
         (f.db.parent / name).unlink()
+    # The first start dies halfway through its replay: the next must still replay to the end.
+    with pytest.raises(Exception):
+        f.start(env={"REPLICATED_FAILPOINTS": "reconcile.replay_entry=20*crash"})
+    f.proc = None
     f.start()
     assert f.one("select count(*) from acked") == 200
     assert f.one("pragma integrity_check") == "ok"

@@ -210,6 +210,13 @@ def test_no_checkpoint_copies_a_transaction_whose_record_was_not_written(tmp_pat
     assert out[0] == "inserted" and out[1] == "checkpointed", p.stdout + p.stderr  # no checkpoint result row
     assert "disk I/O error" in p.stderr, p.stderr
     assert read_state(uri) == {1, 2}
+    # A record that failed once (a full disk that then had room) is written again with the next
+    # one: checkpoints go on.
+    p = run_shell(shell_prelude(uri) + "insert into acked values(3,'c');\ninsert into acked values(4,'d');\n"
+                  "pragma wal_checkpoint(truncate);\n", env={**os.environ, "REPLICATED_FAILPOINTS": "record.append=1*error"})
+    assert "cannot write the applied-state record" in p.stderr, p.stderr
+    assert p.stdout.split()[-1] == "0|0|0", p.stdout + p.stderr
+    assert read_state(uri) == {1, 2, 3, 4}
 
 
 @pytest.mark.parametrize("point", ["reconcile.after_cut", "reconcile.replay_entry", "reconcile.after_replay"])

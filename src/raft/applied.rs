@@ -22,11 +22,21 @@
 //! frame), so after a power loss the database file may hold pages of transactions whose frames
 //! are gone from the WAL: every one of them has a durable record, and reconciliation replays up
 //! to the newest durable record at least (reconcile.rs), which rewrites each of those pages.
-//! That is why a record that could not be written makes `sync` fail until the generation ends
-//! (the checkpoint is refused): its transaction must not reach the database file uncovered.
+//! Hence:
+//! - a record that could not be written (a full disk) is kept in memory (at most
+//!   MAX_UNWRITTEN) and written again by the next `append` or `sync`; `sync` fails, and the
+//!   checkpoint is refused, while any is unwritten: its transaction must not reach the database
+//!   file uncovered. Past the bound, or after a failed fsync (whose error Linux reports once: a
+//!   later fsync may succeed without the pages), `sync` fails until the generation ends;
+//! - reconciliation trims the records it cannot use, but first makes the replay bound they gave
+//!   durable (`replay-floor`, below): an interrupted replay must not forget how far to go.
+//!
+//! ```text
+//! replay-floor  the index up to which reconciliation must replay (JSON), replaced atomically
+//! ```
 //!
 //! The marker advances only when a WAL generation ends (header rewritten, WAL truncated to zero or
-//! deleted): at that point SQLite has backfilled and synced every frame. It is fsynced before the
+//! deleted): at that point SQLite has backfilled every frame and synced the database file. It is fsynced before the
 //! records of the old generation are discarded. Bound: the records file holds one generation's
 //! transactions (64 bytes each) and is truncated at every marker advance.
 
@@ -109,17 +119,45 @@ pub struct Marker {
     pub last_txn: u64,
 }
 
+/// Records kept in memory after their write failed, at most (64 bytes each).
+const MAX_UNWRITTEN: usize = 1 << 16;
+const REPLAY_FLOOR: &str = "replay-floor";
+
 /// What was on disk at open.
 pub struct Loaded {
     pub records: Vec<Record>,
+    /// The replay bound an earlier reconciliation made durable before it trimmed records.
+    pub replay_floor: Option<u64>,
     pub marker: Marker,
     pub membership: Option<StoredMembership<NodeId, BasicNode>>,
 }
 
 pub struct AppliedStore {
     dir: PathBuf,
-    /// The file, its length in whole records, and whether a record of this generation failed.
-    records: Mutex<(File, u64, bool)>,
+    records: Mutex<Records>,
+}
+
+struct Records {
+    file: File,
+    /// Length in whole records.
+    len: u64,
+    /// Records whose write failed, in order, to be written before any later one.
+    unwritten: std::collections::VecDeque<Record>,
+    /// A failed fsync, or more than MAX_UNWRITTEN unwritten: `sync` fails until `keep_first`.
+    broken: bool,
+}
+
+impl Records {
+    /// Writes the unwritten records in order; stops at the first failure (they stay queued).
+    fn write_unwritten(&mut self) -> io::Result<()> {
+        while let Some(r) = self.unwritten.front().copied() {
+            crate::failpoint::hit("record.append")?;
+            self.file.write_all_at(&r.encode(), self.len)?;
+            self.len += RECORD_SIZE as u64;
+            self.unwritten.pop_front();
+        }
+        Ok(())
+    }
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
@@ -161,6 +199,13 @@ impl AppliedStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Marker::default(),
             Err(e) => return Err(e),
         };
+        let replay_floor = match std::fs::read(dir.join(REPLAY_FLOOR)) {
+            Ok(b) => Some(
+                serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("replay floor is corrupt: {e}")))?,
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
         let membership = match std::fs::read(dir.join("membership")) {
             Ok(b) => Some(
                 serde_json::from_slice(&b).map_err(|e| io::Error::other(format!("membership file is corrupt: {e}")))?,
@@ -171,10 +216,16 @@ impl AppliedStore {
         Ok((
             AppliedStore {
                 dir: dir.to_path_buf(),
-                records: Mutex::new((f, len, false)),
+                records: Mutex::new(Records {
+                    file: f,
+                    len,
+                    unwritten: std::collections::VecDeque::new(),
+                    broken: false,
+                }),
             },
             Loaded {
                 records,
+                replay_floor,
                 marker,
                 membership,
             },
@@ -184,37 +235,46 @@ impl AppliedStore {
     /// Appends a record (page cache only; see the module comment for why that is enough).
     pub fn append(&self, r: &Record) -> io::Result<()> {
         let mut g = self.records.lock();
-        let off = g.1;
-        let written = crate::failpoint::hit("record.append").and_then(|()| g.0.write_all_at(&r.encode(), off));
-        if let Err(e) = written {
-            g.2 = true;
-            return Err(e);
+        if g.unwritten.len() >= MAX_UNWRITTEN {
+            g.broken = true;
+            return Err(io::Error::other("too many applied-state records could not be written"));
         }
-        g.1 = off + RECORD_SIZE as u64;
-        Ok(())
+        g.unwritten.push_back(*r);
+        g.write_unwritten()
+    }
+
+    /// Makes the replay bound `index` durable (reconcile.rs, before it trims records).
+    pub fn set_replay_floor(&self, index: u64) -> io::Result<()> {
+        write_atomic(
+            &self.dir,
+            REPLAY_FLOOR,
+            &serde_json::to_vec(&index).map_err(io::Error::other)?,
+        )
     }
 
     /// Keeps only the first `n` records (reconciliation cut the WAL behind the rest).
     pub fn keep_first(&self, n: usize) -> io::Result<()> {
         let mut g = self.records.lock();
         let len = (n * RECORD_SIZE) as u64;
-        g.0.set_len(len)?;
-        g.0.sync_data()?;
-        g.1 = len;
+        g.file.set_len(len)?;
+        g.file.sync_data()?;
+        g.len = len;
         // The records that failed belonged to the WAL behind this cut or to an ended generation.
-        g.2 = false;
+        g.unwritten.clear();
+        g.broken = false;
         Ok(())
     }
 
     /// Makes every record durable; fails while one of this generation could not be written.
     pub fn sync(&self) -> io::Result<()> {
-        let g = self.records.lock();
-        if g.2 {
+        let mut g = self.records.lock();
+        if g.broken {
             return Err(io::Error::other(
-                "an applied-state record of this WAL generation could not be written (restart the node)",
+                "applied-state records of this WAL generation could not be made durable (restart the node)",
             ));
         }
-        g.0.sync_data()
+        g.write_unwritten()?;
+        g.file.sync_data().inspect_err(|_| g.broken = true)
     }
 
     /// Advances the marker (durably), then drops the records of the ended generation.

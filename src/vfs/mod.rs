@@ -467,7 +467,7 @@ unsafe extern "C" fn x_write(
                 }
             } else if n == 32 && off == 0 {
                 // A new WAL generation begins (SQLite's writer or the applier writes its header):
-                // everything before it was backfilled and synced.
+                // everything before it was backfilled and the database file synced.
                 if let Some(db) = &st.db {
                     if let Err(e) = db.on_wal_reset() {
                         sqlite_log(ffi::SQLITE_IOERR_WRITE, &e);
