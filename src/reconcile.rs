@@ -15,10 +15,10 @@
 //!    every durable entry when this node is the only voter (an entry of a one-voter cluster is
 //!    committed the moment it is durable), and at least up to the newest durable record (a record
 //!    is written only once its entry is committed; this bound is made durable as `replay-floor`
-//!    before records are trimmed). The WAL is never fsynced, so after a power
-//!    loss the database file may hold pages of transactions whose frames are gone; each of them
-//!    has a durable record (raft/applied.rs), so this replay rewrites every such page. Entries
-//!    are full page images: replay is idempotent.
+//!    before records are trimmed). The WAL is never fsynced, so after a power loss the database
+//!    file may hold pages of transactions whose frames are gone; each of them has a durable
+//!    record (raft/applied.rs), so this replay rewrites every such page. Entries are full page
+//!    images: replay is idempotent.
 //!
 //! Never: replay past the known commit index (a follower's uncommitted tail may be truncated by a
 //! new leader), or keep WAL frames that no record vouches for.

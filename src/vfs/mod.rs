@@ -426,14 +426,10 @@ unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, buf: *mut c_void, n: c_in
         if let Some(st) = wal_state(f) {
             if !st.wal_buf.is_empty() && n > 0 && off >= 0 {
                 let out = std::slice::from_raw_parts_mut(buf as *mut u8, n as usize);
-                if st.wal_buf.read(off as u64, out) {
-                    return ffi::SQLITE_OK;
-                }
-                if st.wal_buf.overlaps(off as u64, out.len()) {
-                    let rc = write_out(st);
-                    if rc != ffi::SQLITE_OK {
-                        return as_ioerr(rc);
-                    }
+                match read_buffered(&mut st.wal_buf, st.wal, off as u64, out) {
+                    Ok(true) => return ffi::SQLITE_OK,
+                    Ok(false) => {}
+                    Err(rc) => return as_ioerr(fails_txn(st, rc)),
                 }
             }
         }
@@ -482,7 +478,7 @@ unsafe extern "C" fn x_write(
                 }
                 let rc = write_out(st);
                 if rc != ffi::SQLITE_OK {
-                    return rc;
+                    return fails_txn(st, rc);
                 }
                 if st.wal_buf.absorb(off as u64, data) {
                     return ffi::SQLITE_OK;
@@ -491,7 +487,7 @@ unsafe extern "C" fn x_write(
             } else {
                 let rc = write_out(st);
                 if rc != ffi::SQLITE_OK {
-                    return rc;
+                    return fails_txn(st, rc);
                 }
             }
         }
@@ -517,7 +513,7 @@ unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: ffi::sqlite3_in
         if let Some(st) = wal_state(f) {
             let rc = write_out(st);
             if rc != ffi::SQLITE_OK {
-                return rc;
+                return fails_txn(st, rc);
             }
         }
         if (*rf).kind == Kind::Wal && size == 0 && !(*rf).main.is_null() {
@@ -549,7 +545,7 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
             }
             let rc = write_out(st);
             if rc != ffi::SQLITE_OK {
-                return rc;
+                return fails_txn(st, rc);
             }
             if st.db.is_some() {
                 // The WAL of a replicated database is never fsynced: the Raft log holds every
@@ -581,17 +577,13 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
         crate::failpoint::hit("capture.start")
             .map_err(|e| capture::CaptureError::Io(ffi::SQLITE_IOERR, e.to_string()))
             .and_then(|()| {
-                capture::capture(st.real, hint, |off, out| {
-                    if buffered.read(off, out) {
-                        return true;
+                capture::capture(st.real, hint, |off, out| match read_buffered(buffered, wal, off, out) {
+                    Ok(true) => true,
+                    Ok(false) => capture::read_at(wal, off, out),
+                    Err(rc) => {
+                        write_failed = Some(rc);
+                        false
                     }
-                    if buffered.overlaps(off, out.len()) {
-                        if let Err(rc) = write_buffer(buffered, wal) {
-                            write_failed = Some(rc);
-                            return false;
-                        }
-                    }
-                    capture::read_at(wal, off, out)
                 })
             })
     }))
@@ -607,22 +599,18 @@ unsafe fn commit_sync(st: &mut MainState, db: &Database, wal: *mut ffi::sqlite3_
             format!("replicated: writing the transaction's frames to the WAL failed ({rc})"),
         )
     };
-    let result = match captured {
-        Err(_) if write_failed.is_some() => Err(wal_write_error(write_failed.unwrap_or(ffi::SQLITE_IOERR_WRITE))),
-        Err(capture::CaptureError::TooLarge(n)) => Err(WriteError::too_large(n)),
-        Err(capture::CaptureError::Io(code, msg)) => Err(WriteError::io(code, msg)),
+    let result = match (captured, write_failed) {
+        (Err(_), Some(rc)) => Err(wal_write_error(rc)),
+        (Err(capture::CaptureError::TooLarge(n)), None) => Err(WriteError::too_large(n)),
+        (Err(capture::CaptureError::Io(code, msg)), None) => Err(WriteError::io(code, msg)),
         // A transaction too large to keep in memory is read again, part by part, while it is
         // proposed: from the file, so all of it goes there first.
-        Ok(cap) => match if cap.reads_wal_again() {
-            write_buffer(&mut st.wal_buf, wal)
-        } else {
-            Ok(())
-        } {
-            Err(rc) => Err(wal_write_error(rc)),
+        (Ok(cap), _) => match cap.reads_wal_again().then(|| write_buffer(&mut st.wal_buf, wal)) {
+            Some(Err(rc)) => Err(wal_write_error(rc)),
             // A panic in here is caught at once, not by `guard`: the tail must still be
             // invalidated, and a pending commit left waiting would be claimed by a committer that
             // is gone.
-            Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            _ => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 // The frames reach the WAL file while Raft makes the transaction durable.
                 db.commit(
                     cap,
@@ -727,17 +715,36 @@ fn as_ioerr(rc: c_int) -> c_int {
     }
 }
 
-/// `write_buffer` for an operation about to touch the WAL file. A failure fails that operation
-/// and with it the transaction, whose commit frame (if written) then is no commit that bypassed
-/// the hook (the tripwire in `x_shm_lock`).
+/// A read of the WAL served from `buffered` when it holds all of it (true); a read that only
+/// overlaps it writes it out first, so that the file then has those bytes (false).
+unsafe fn read_buffered(
+    buffered: &mut WalBuffer,
+    wal: *mut ffi::sqlite3_file,
+    off: u64,
+    out: &mut [u8],
+) -> Result<bool, c_int> {
+    if buffered.read(off, out) {
+        return Ok(true);
+    }
+    if buffered.overlaps(off, out.len()) {
+        write_buffer(buffered, wal)?;
+    }
+    Ok(false)
+}
+
+/// `write_buffer` of this connection's buffer, as an SQLite result code.
 unsafe fn write_out(st: &mut MainState) -> c_int {
     match write_buffer(&mut st.wal_buf, st.wal) {
         Ok(()) => ffi::SQLITE_OK,
-        Err(rc) => {
-            st.commit_pending = false;
-            rc
-        }
+        Err(rc) => rc,
     }
+}
+
+/// `rc`, the failure of an operation inside a write transaction, fails the transaction: a commit
+/// frame it wrote is then no commit that bypassed the hook (the tripwire in `x_shm_lock`).
+fn fails_txn(st: &mut MainState, rc: c_int) -> c_int {
+    st.commit_pending = false;
+    rc
 }
 
 fn report(st: &MainState, code: c_int, msg: &str) {
@@ -751,7 +758,7 @@ unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, out: *mut ffi::sqlit
         if let Some(st) = wal_state(f) {
             let rc = write_out(st);
             if rc != ffi::SQLITE_OK {
-                return as_ioerr(rc);
+                return as_ioerr(fails_txn(st, rc));
             }
         }
         forward!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, out)
@@ -839,7 +846,7 @@ unsafe extern "C" fn x_file_control(f: *mut ffi::sqlite3_file, op: c_int, arg: *
         if let Some(st) = wal_state(f) {
             let rc = write_out(st);
             if rc != ffi::SQLITE_OK {
-                return as_ioerr(rc);
+                return as_ioerr(fails_txn(st, rc));
             }
         }
         if (*rf).kind == Kind::Main && !(*rf).main.is_null() {
@@ -949,15 +956,12 @@ unsafe extern "C" fn x_shm_lock(f: *mut ffi::sqlite3_file, offset: c_int, n: c_i
             // Normally empty: the commit wrote the buffer out. Frames of a transaction that
             // rolled back are never published; they reach the file as they would have anyway.
             st.buffering = false;
-            let pending = st.commit_pending;
             let rc = write_out(st);
             if rc != ffi::SQLITE_OK {
                 sqlite_log(
                     rc,
                     "replicated: writing buffered WAL frames at the end of a write transaction failed",
                 );
-                // A commit frame with no commit sync must still trip the wire below.
-                st.commit_pending = pending;
             }
         }
         let rc = forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
@@ -1013,9 +1017,7 @@ unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
                 // SQLite is publishing a commit that passed no commit sync (the tripwire poisons
                 // the node at the unlock): at least its frames must be in the file before the
                 // header that shows them (walIndexWriteHdr calls this between its two copies).
-                let pending = st.commit_pending;
                 let _ = write_out(st);
-                st.commit_pending = pending;
             }
         }
         let r = real(f);
